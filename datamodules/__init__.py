@@ -1,1 +1,19 @@
-"""LightningDataModules for lit-classifiers."""
+"""Lightning datamodules for image classification: STL-10, ImageNet, own image folders, digits.
+
+Every datamodule yields ``(images, labels)`` with uint8 images and normalises them on the
+accelerator; see :class:`ImageClassificationDataModule` for the shared arguments and properties.
+"""
+
+from datamodules.base import ImageClassificationDataModule
+from datamodules.digits import DigitsDataModule
+from datamodules.image_folder import ImageFolderDataModule
+from datamodules.imagenet import ImageNetDataModule
+from datamodules.stl10 import STL10DataModule
+
+__all__ = [
+    "DigitsDataModule",
+    "ImageClassificationDataModule",
+    "ImageFolderDataModule",
+    "ImageNetDataModule",
+    "STL10DataModule",
+]

@@ -1,0 +1,322 @@
+"""The base class every datamodule shares: loader settings, dataset facts, normalisation, predict.
+
+Loaders yield ``(images, labels)`` with images as uint8 ``(N, C, H, W)``. Floats are made only
+after the batch reaches the accelerator, in :meth:`on_after_batch_transfer` (Lightning calls a
+datamodule's hook automatically). uint8 is a quarter of the bytes of float32 through worker IPC,
+pinned memory and the host-to-device copy, and the conversion is free on a GPU.
+
+Splits are pure functions of ``seed``, and the loaders are plain ``DataLoader``\\ s so that
+Lightning's default distributed-sampler injection gives every DDP rank its own share of the same
+split.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.datasets import FileImageDataset, OnBadImage, SkipCollate
+from datamodules.files import default_cache_dirs, index_images
+from datamodules.transforms import (
+    CenterCropDecode,
+    RandomResizedCropDecode,
+    default_resize_size,
+)
+
+__all__ = [
+    "FileImageDataModule",
+    "ImageClassificationDataModule",
+    "check_image_size",
+    "default_num_workers",
+]
+
+
+def default_num_workers() -> int:
+    """One loader worker per CPU this process may run on (its affinity mask), at most 8.
+
+    Beyond about 8 workers a single GPU's input pipeline stops scaling while memory keeps
+    growing; users with faster storage or more GPUs can raise it explicitly.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+def check_image_size(image_size: int, minimum: int = 8) -> int:
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < minimum:
+        raise ValueError(f"image_size must be an int >= {minimum}, got {image_size!r}")
+    return image_size
+
+
+class ImageClassificationDataModule(LightningDataModule):
+    """Shared behaviour of the image-classification datamodules.
+
+    Args:
+        batch_size: Images per batch (per device under DDP).
+        num_workers: DataLoader worker processes; ``None`` picks :func:`default_num_workers`
+            (datamodules whose data already sits in memory may pick 0).
+        pin_memory: Pin host memory for faster host-to-GPU copies; ignored without a GPU.
+        persistent_workers: Keep workers alive between epochs; ignored when ``num_workers=0``.
+        seed: Seed of every random split, so all DDP ranks agree on the splits.
+        predict_dir: A folder whose images (found recursively, sorted) ``predict_dataloader``
+            yields as ``(images, paths)`` with the evaluation transform.
+    """
+
+    #: What to do with an undecodable file: "error" (raise naming it) or "skip" (warn, drop it).
+    on_bad_image: OnBadImage = "error"
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_workers: int | None = None,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        seed: int = 0,
+        predict_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if num_workers is not None and (
+            isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0
+        ):
+            raise ValueError(f"num_workers must be None or an int >= 0, got {num_workers!r}")
+        if predict_dir is not None and not Path(predict_dir).is_dir():
+            raise FileNotFoundError(f"predict_dir={predict_dir!r} is not a folder")
+        self.batch_size = batch_size
+        self.num_workers = self._default_num_workers() if num_workers is None else num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.seed = seed
+        self.predict_dir = predict_dir
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self.test_dataset: Dataset | None = None
+        self._built = False
+        self._normalization: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+
+    # ------------------------------------------------------------------ dataset facts
+    @property
+    def class_names(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        return 3
+
+    @property
+    def image_size(self) -> int:
+        """Side of the (square) training crop the loaders produce."""
+        raise NotImplementedError
+
+    @property
+    def eval_resize_size(self) -> int:
+        """Shorter-side resize before the evaluation centre crop (files only)."""
+        return default_resize_size(self.image_size)
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        """Per-channel mean in [0, 1] units, subtracted by :meth:`normalize`."""
+        raise NotImplementedError
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        """Per-channel standard deviation in [0, 1] units, divided out by :meth:`normalize`."""
+        raise NotImplementedError
+
+    def _default_num_workers(self) -> int:
+        return default_num_workers()
+
+    # ------------------------------------------------------------------ normalisation
+    def _normalization_tensors(
+        self, device: torch.device, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        key = (device, dtype)
+        if key not in self._normalization:
+            mean = torch.tensor(self.mean, dtype=dtype, device=device).view(-1, 1, 1)
+            std = torch.tensor(self.std, dtype=dtype, device=device).view(-1, 1, 1)
+            self._normalization[key] = (mean, std)
+        return self._normalization[key]
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """uint8 ``(..., C, H, W)`` images to normalised float32, on the images' device.
+
+        Float input is taken to be in [0, 1] already and only standardised. This is what the
+        loaders' batches need before they reach a model, for use outside Lightning.
+        """
+        if images.ndim < 3 or images.shape[-3] != self.in_channels:
+            raise ValueError(
+                f"expected images of shape (..., {self.in_channels}, H, W), got "
+                f"{tuple(images.shape)}"
+            )
+        if images.dtype == torch.uint8:
+            x = images.float().div_(255)
+            mean, std = self._normalization_tensors(x.device, x.dtype)
+            return x.sub_(mean).div_(std)
+        if images.is_floating_point():
+            mean, std = self._normalization_tensors(images.device, images.dtype)
+            return (images - mean) / std
+        raise ValueError(f"expected uint8 or floating-point images, got dtype {images.dtype}")
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], Tensor):
+            images = self.normalize(batch[0])
+            return [images, *batch[1:]] if isinstance(batch, list) else (images, *batch[1:])
+        return batch
+
+    # ------------------------------------------------------------------ splits
+    def setup(self, stage: str | None = None) -> None:
+        # All splits at once: they are cheap views, and building them together guarantees that
+        # fit/validate/test in one process see the same split.
+        if not self._built:
+            self._build_datasets()
+            self._built = True
+
+    def _build_datasets(self) -> None:
+        """Set ``train_dataset``, ``val_dataset`` and ``test_dataset``."""
+        raise NotImplementedError
+
+    def _dataset(self, name: str) -> Dataset:
+        if not self._built:
+            self.setup()
+        dataset = getattr(self, f"{name}_dataset")
+        if dataset is None:
+            raise ValueError(self._missing_split_message(name))
+        return dataset
+
+    def _missing_split_message(self, name: str) -> str:
+        return f"{type(self).__name__} has no {name} split"
+
+    # ------------------------------------------------------------------ loaders
+    @property
+    def uses_pin_memory(self) -> bool:
+        """``pin_memory`` as actually applied: only when batches go to a CUDA device."""
+        if not self.pin_memory or not torch.cuda.is_available():
+            return False
+        trainer = self.trainer
+        return trainer is None or trainer.strategy.root_device.type == "cuda"
+
+    def _collate(self, paths: bool = False) -> Callable[[list[Any]], Any]:
+        return SkipCollate((self.in_channels, self.image_size, self.image_size), paths=paths)
+
+    def _loader(self, dataset: Dataset, shuffle: bool, paths: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.uses_pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            collate_fn=self._collate(paths),
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("train"), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("val"), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("test"), shuffle=False)
+
+    def predict_transform(self) -> Callable[[str], Tensor]:
+        """The evaluation transform, applied to an arbitrary image file."""
+        mode = "RGB" if self.in_channels == 3 else "L"
+        return CenterCropDecode(self.image_size, self.eval_resize_size, mode=mode)
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.predict_dir is None:
+            raise ValueError(
+                f"{type(self).__name__}: set predict_dir to a folder of images to predict on"
+            )
+        index = index_images(self.predict_dir)
+        if len(index) == 0:
+            raise ValueError(f"predict_dir={self.predict_dir!r} contains no image files")
+        dataset = FileImageDataset(
+            index.root, index.paths, None, self.predict_transform(), self.on_bad_image
+        )
+        return self._loader(dataset, shuffle=False, paths=True)
+
+    # ------------------------------------------------------------------ pickling (ddp_spawn)
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_normalization"] = {}  # device tensors must not travel to other processes
+        return state
+
+
+class FileImageDataModule(ImageClassificationDataModule):
+    """What the datamodules that decode image files share (ImageNet, ImageFolder).
+
+    Training images get RandomResizedCrop + flip, evaluation images resize + centre crop, both
+    fused into decoding (:mod:`datamodules.transforms`); file listings are cached
+    (:mod:`datamodules.files`).
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        image_size: int = 224,
+        eval_resize: int | None = None,
+        min_scale: float = 0.08,
+        on_bad_image: Literal["error", "skip"] = "error",
+        cache_dir: str | None = None,
+        batch_size: int = 64,
+        num_workers: int | None = None,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        seed: int = 0,
+        predict_dir: str | None = None,
+    ) -> None:
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            seed=seed,
+            predict_dir=predict_dir,
+        )
+        check_image_size(image_size)
+        if isinstance(min_scale, bool) or not 0.0 < min_scale <= 1.0:
+            raise ValueError(f"min_scale must be a float in (0, 1], got {min_scale!r}")
+        if on_bad_image not in ("error", "skip"):
+            raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+        self.data_dir = data_dir
+        self.eval_resize = eval_resize
+        self.min_scale = min_scale
+        self.on_bad_image = on_bad_image
+        self.cache_dir = cache_dir
+        self._image_size = image_size
+        self.train_transform = RandomResizedCropDecode(image_size, scale=(min_scale, 1.0))
+        self.eval_transform = CenterCropDecode(image_size, eval_resize)  # checks eval_resize
+
+    @property
+    def image_size(self) -> int:
+        return self._image_size
+
+    @property
+    def eval_resize_size(self) -> int:
+        return self.eval_transform.resize_size
+
+    def _cache_dirs(self) -> list[Path]:
+        return [Path(self.cache_dir)] if self.cache_dir else default_cache_dirs(self.data_dir)
+
+    def _file_dataset(
+        self, root: str | Path, paths: np.ndarray, labels: np.ndarray, train: bool
+    ) -> FileImageDataset:
+        transform = self.train_transform if train else self.eval_transform
+        return FileImageDataset(root, paths, labels, transform, self.on_bad_image)

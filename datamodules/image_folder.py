@@ -1,0 +1,147 @@
+"""The user's own images: ``train/<class>/...`` with optional ``val/`` and ``test/`` beside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from datamodules.base import FileImageDataModule
+from datamodules.files import IMAGE_EXTENSIONS, class_tree_samples, index_images, list_class_dirs
+from datamodules.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from datamodules.splits import resolve_split_size, stratified_split
+
+__all__ = ["ImageFolderDataModule"]
+
+
+class ImageFolderDataModule(FileImageDataModule):
+    """Images in class folders, torchvision ``ImageFolder`` style.
+
+    ``data_dir/train/<class>/**/<image>`` is required; classes are the sorted folder names.
+    ``data_dir/val/`` and ``data_dir/test/``, when present, must have the same class folders.
+    Without ``val/``, a seeded stratified ``val_split`` of train is the validation set.
+
+    Args:
+        data_dir: The folder holding ``train/`` (and optionally ``val/``, ``test/``).
+        image_size: Training and evaluation crop side.
+        eval_resize: Shorter side before the evaluation centre crop; default ``image_size *
+            256 / 224``.
+        min_scale: Smallest crop area fraction of RandomResizedCrop.
+        val_split: Hold-out from train when there is no ``val/`` (int count or float fraction).
+        mean, std: Per-channel normalisation in [0, 1] units. Default: ImageNet's, which is
+            right when fine-tuning ImageNet-pretrained weights, the common case for own data.
+        on_bad_image: ``"error"`` or ``"skip"`` (with a warning counting the skips).
+        cache_dir: Where file-index caches go (see :class:`ImageNetDataModule`).
+        batch_size, num_workers, pin_memory, persistent_workers, seed, predict_dir: see
+            :class:`ImageClassificationDataModule`.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        image_size: int = 224,
+        eval_resize: int | None = None,
+        min_scale: float = 0.08,
+        val_split: int | float = 0.1,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
+        on_bad_image: Literal["error", "skip"] = "error",
+        cache_dir: str | None = None,
+        batch_size: int = 64,
+        num_workers: int | None = None,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        seed: int = 0,
+        predict_dir: str | None = None,
+    ) -> None:
+        train_dir = Path(data_dir) / "train"
+        if not train_dir.is_dir():
+            raise FileNotFoundError(
+                f"expected training images in {train_dir}/<class>/ (data_dir={data_dir!r})"
+            )
+        super().__init__(
+            data_dir=data_dir,
+            image_size=image_size,
+            eval_resize=eval_resize,
+            min_scale=min_scale,
+            on_bad_image=on_bad_image,
+            cache_dir=cache_dir,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            seed=seed,
+            predict_dir=predict_dir,
+        )
+        for name, value in (("mean", mean), ("std", std)):
+            if value is not None and (len(value) != 3 or any(v < 0 for v in value)):
+                raise ValueError(f"{name} must be 3 non-negative floats (R, G, B), got {value!r}")
+        if std is not None and any(v == 0 for v in std):
+            raise ValueError(f"std must be positive, got {std!r}")
+        resolve_split_size(val_split, 2**62)  # type check; the size is checked in setup
+        self.val_split = val_split
+        self._mean = tuple(float(v) for v in mean) if mean is not None else IMAGENET_MEAN
+        self._std = tuple(float(v) for v in std) if std is not None else IMAGENET_STD
+        self.save_hyperparameters()
+
+    @property
+    def class_names(self) -> list[str]:
+        train_dir = Path(self.data_dir) / "train"
+        classes = list_class_dirs(train_dir)
+        if not classes:
+            raise ValueError(f"{train_dir} has no class folders; expected {train_dir}/<class>/")
+        return classes
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self._mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self._std
+
+    def _missing_split_message(self, name: str) -> str:
+        return f"no {name} split: create {Path(self.data_dir) / name}/<class>/ with images"
+
+    def _split_samples(self, split: str, classes: list[str]) -> tuple[Path, np.ndarray, np.ndarray]:
+        folder = Path(self.data_dir) / split
+        found = list_class_dirs(folder)
+        if found != classes:
+            missing = sorted(set(classes) - set(found))
+            extra = sorted(set(found) - set(classes))
+            raise ValueError(
+                f"{folder} has different class folders than {Path(self.data_dir) / 'train'}: "
+                f"missing {missing}, not in train {extra}; every split needs the same classes"
+            )
+        index = index_images(folder, self._cache_dirs())
+        if len(index) == 0:
+            raise ValueError(
+                f"no image files in {folder} (expected extensions {sorted(IMAGE_EXTENSIONS)})"
+            )
+        paths, labels = class_tree_samples(index, classes, str(folder))
+        return index.root, paths, labels
+
+    def _build_datasets(self) -> None:
+        classes = self.class_names
+        train_root, train_paths, train_labels = self._split_samples("train", classes)
+        root = Path(self.data_dir)
+        if (root / "val").is_dir():
+            val_root, val_paths, val_labels = self._split_samples("val", classes)
+            self.val_dataset = self._file_dataset(val_root, val_paths, val_labels, train=False)
+        else:
+            holdout = resolve_split_size(self.val_split, len(train_paths))
+            if holdout == 0:
+                raise ValueError(
+                    f"there is no {root / 'val'} folder and val_split={self.val_split!r} holds "
+                    "nothing out: add val/ or set val_split > 0"
+                )
+            kept, held = stratified_split(train_labels, holdout, self.seed)
+            self.val_dataset = self._file_dataset(
+                train_root, train_paths[held], train_labels[held], train=False
+            )
+            train_paths, train_labels = train_paths[kept], train_labels[kept]
+        self.train_dataset = self._file_dataset(train_root, train_paths, train_labels, train=True)
+        if (root / "test").is_dir():
+            test_root, test_paths, test_labels = self._split_samples("test", classes)
+            self.test_dataset = self._file_dataset(test_root, test_paths, test_labels, train=False)
