@@ -2,6 +2,7 @@
 
 from lit_classifiers import models as _models  # noqa: F401  (registers the built-in backbones)
 from lit_classifiers.models.base import Backbone
+from lit_classifiers.module import ClassifierModule
 from lit_classifiers.registry import (
     BackboneInfo,
     Paper,
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Backbone",
     "BackboneInfo",
+    "ClassifierModule",
     "Paper",
     "create_backbone",
     "get_backbone_info",

@@ -1,0 +1,189 @@
+"""Small data, networks and trainers for the ClassifierModule tests (and their DDP script)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from lit_classifiers.models.base import Backbone
+
+NUM_CLASSES = 5
+CLASS_NAMES = ["ant", "bee", "cat", "dog", "eel"]
+SIZE = 8
+
+
+class TinyNet(Backbone):
+    """conv-bn-relu, pooled, dropout, linear: a Backbone in a few thousand parameters."""
+
+    classifier_name = "fc"
+    first_conv_name = "conv"
+
+    def __init__(self, num_classes: int = NUM_CLASSES, in_channels: int = 3, dropout: float = 0.0):
+        super().__init__("tinynet")
+        self.in_channels = in_channels
+        self.min_input_size = 4
+        self.num_features = 8
+        self.conv = nn.Conv2d(in_channels, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.drop(self.pool(torch.relu(self.bn(self.conv(x)))).flatten(1))
+
+
+def sequential_net(num_classes: int = NUM_CLASSES) -> nn.Module:
+    """A network a user might write: no Backbone API at all."""
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, num_classes),
+    )
+
+
+def make_tensors(
+    n: int = 37, num_classes: int = NUM_CLASSES, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Images whose mean colour depends on the label, so a tiny net learns something."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % num_classes
+    labels = labels[torch.randperm(n, generator=generator)]
+    images = torch.randn(n, 3, SIZE, SIZE, generator=generator)
+    images[:, 0] += labels.view(-1, 1, 1).float() - num_classes / 2
+    return images, labels
+
+
+def make_loader(
+    n: int = 37, batch_size: int = 4, shuffle: bool = False, **kwargs: Any
+) -> DataLoader:
+    images, labels = make_tensors(n)
+    return DataLoader(
+        TensorDataset(images, labels), batch_size=batch_size, shuffle=shuffle, **kwargs
+    )
+
+
+class AugmentedDataset(Dataset):
+    """Random augmentation from all three generators (torch, numpy, random) in __getitem__."""
+
+    def __init__(self, n: int = 24) -> None:
+        self.images, self.labels = make_tensors(n)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image = self.images[index]
+        if torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        image = image + torch.from_numpy(np.random.normal(0, 0.1, image.shape).astype(np.float32))
+        image = image.roll(random.randint(-1, 1), dims=-2)
+        return image, self.labels[index]
+
+
+class TinyDataModule(pl.LightningDataModule):
+    """Follows the project's datamodule contract: uint8 batches, normalised after transfer."""
+
+    mean = (0.5, 0.4, 0.3)
+    std = (0.2, 0.25, 0.3)
+    in_channels = 3
+    image_size = SIZE
+
+    def __init__(self, n: int = 24, batch_size: int = 8, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        self.n, self.batch_size = n, batch_size
+        self.num_classes = num_classes
+        self.class_names = [f"class{i}" for i in range(num_classes)]
+
+    def _loader(self, shuffle: bool = False) -> DataLoader:
+        images, labels = make_tensors(self.n, self.num_classes)
+        images = ((images * 40) + 128).clamp(0, 255).to(torch.uint8)
+        return DataLoader(
+            TensorDataset(images, labels), batch_size=self.batch_size, shuffle=shuffle
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, *rest = batch
+        mean = torch.tensor(self.mean).view(-1, 1, 1)
+        std = torch.tensor(self.std).view(-1, 1, 1)
+        return [(images.float() / 255 - mean) / std, *rest]
+
+
+def make_trainer(**kwargs: Any) -> pl.Trainer:
+    """A CPU trainer without the extras a test does not look at."""
+    defaults: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "max_epochs": 1,
+        "num_sanity_val_steps": 0,
+    }
+    defaults.update(kwargs)
+    return pl.Trainer(**defaults)
+
+
+def sgd(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# The two-process evaluation run of test_module_ddp.py. Lightning's DDP launcher starts rank 1 by
+# running this file again with the same arguments, which pytest could not do for a test function.
+def _ddp_eval_main(state_path: str, out_dir: str) -> None:
+    import json
+    from pathlib import Path
+
+    from lightning.pytorch.callbacks import Callback
+
+    from lit_classifiers.module import ClassifierModule
+
+    torch.set_num_threads(1)
+
+    class SeenSamples(Callback):
+        def __init__(self) -> None:
+            self.seen = {"validate": 0, "test": 0}
+            self.samplers: list[str] = []
+
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, *args) -> None:
+            self.seen["validate"] += len(batch[1])
+            if not self.samplers:
+                self.samplers.append(type(trainer.val_dataloaders.sampler).__name__)
+
+        def on_test_batch_end(self, trainer, pl_module, outputs, batch, *args) -> None:
+            self.seen["test"] += len(batch[1])
+
+    model = ClassifierModule(TinyNet(), num_classes=NUM_CLASSES, class_names=CLASS_NAMES)
+    model.load_state_dict(torch.load(state_path, weights_only=True))
+    seen = SeenSamples()
+    trainer = make_trainer(devices=2, strategy="ddp", callbacks=[seen])
+    val = trainer.validate(model, make_loader(37, batch_size=4), verbose=False)[0]
+    test = trainer.test(model, make_loader(37, batch_size=4), verbose=False)[0]
+    result = {"val": val, "test": test, "seen": seen.seen, "samplers": seen.samplers}
+    Path(out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["ddp-eval"]:
+        _ddp_eval_main(sys.argv[2], sys.argv[3])
