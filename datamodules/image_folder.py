@@ -51,7 +51,7 @@ class ImageFolderDataModule(FileImageDataModule):
         batch_size: int = 64,
         num_workers: int | None = None,
         pin_memory: bool = True,
-        persistent_workers: bool = True,
+        persistent_workers: bool = False,
         seed: int = 0,
         predict_dir: str | None = None,
     ) -> None:

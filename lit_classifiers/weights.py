@@ -76,7 +76,8 @@ def adapt_input_conv(weight: Tensor, in_channels: int) -> Tensor:
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """A backbone state_dict from a file: a plain state_dict, or a Lightning checkpoint of a
-    :class:`~lit_classifiers.ClassifierModule` (its ``backbone.`` keys)."""
+    :class:`~lit_classifiers.ClassifierModule` (its EMA weights when it kept them, else its
+    ``backbone.`` weights)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
@@ -89,8 +90,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         ) from error
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]
-        if any(key.startswith("backbone.") for key in loaded):
-            loaded = {k: v for k, v in loaded.items() if k.startswith("backbone.")}
+        # A module trained with an EMA was evaluated with the averaged weights: take those.
+        for prefix in ("ema.module.", "backbone."):
+            if any(key.startswith(prefix) for key in loaded):
+                loaded = {k[len(prefix) :]: v for k, v in loaded.items() if k.startswith(prefix)}
+                break
     if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
         raise ValueError(
             f"weights file {str(path)!r} holds a {type(loaded).__name__}, "

@@ -93,6 +93,16 @@ def test_lightning_checkpoint_of_the_module_is_accepted(tmp_path, resnet18_image
     assert torch.equal(model.conv1.weight, saved["conv1.weight"])
 
 
+def test_checkpoint_with_ema_gives_the_averaged_weights(tmp_path, resnet18_imagenet_file):
+    saved = torch.load(resnet18_imagenet_file, weights_only=True)
+    state = {f"backbone.{k}": torch.zeros_like(v) for k, v in saved.items()}
+    state |= {f"ema.module.{k}": v for k, v in saved.items()}
+    state["ema.n_averaged"] = torch.tensor(7)
+    torch.save({"state_dict": state}, tmp_path / "ema.ckpt")
+    model = create_backbone("resnet18", weights=tmp_path / "ema.ckpt")
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+
+
 def test_bad_weight_files_are_named(tmp_path, resnet18_imagenet_file):
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         create_backbone("resnet18", weights=tmp_path / "missing.pt")

@@ -1,0 +1,251 @@
+"""The ``lit-classifiers`` command, run for real as a subprocess on tiny data."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from datamodules import DigitsDataModule
+from lit_classifiers import ClassifierModule, list_backbones
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+SCRIPT = Path(sys.executable).with_name("lit-classifiers")
+# Tiny digits run: 8x8 images, a few batches. Everything a real run writes, in seconds.
+TINY = [
+    "--model.backbone=resnet20",
+    "--data=DigitsDataModule",
+    "--data.image_size=8",
+    "--data.batch_size=32",
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=3",
+    "--trainer.limit_val_batches=2",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.log_every_n_steps=1",
+]
+
+
+def run(*args: str | Path, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    command = [str(a) for a in args]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def run_dirs(cwd: Path) -> list[Path]:
+    return sorted(
+        (cwd / "runs" / "digits-resnet20").glob("version_*"), key=lambda p: int(p.name[8:])
+    )
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> Path:
+    """One short ``fit`` whose outputs the tests below inspect."""
+    cwd = tmp_path_factory.mktemp("fit")
+    run(SCRIPT, "fit", *TINY, cwd=cwd)
+    return cwd
+
+
+def test_fit_writes_checkpoint_config_and_tensorboard_events(fitted):
+    (run_dir,) = run_dirs(fitted)
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    best = [p for p in (run_dir / "checkpoints").glob("epoch*.ckpt")]
+    assert len(best) == 1 and re.fullmatch(r"epoch000-acc1_\d\.\d{4}\.ckpt", best[0].name)
+    config = (run_dir / "config.yaml").read_text()
+    assert "backbone: resnet20" in config and "DigitsDataModule" in config
+    logged = scalars(run_dir)
+    for name in ("train/loss", "train/acc1", "val/loss", "val/acc1", "val/acc5"):
+        assert name in logged, sorted(logged)
+    assert any(name.startswith("lr-") or name == "train/lr" for name in logged)
+    # The data's classes reached the model without being given on the command line.
+    hparams = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)[
+        "hyper_parameters"
+    ]
+    assert hparams["num_classes"] == 10 and hparams["in_channels"] == 1
+    assert hparams["class_names"] == [str(d) for d in range(10)]
+
+
+def test_same_command_twice_starts_a_new_run_folder(tmp_path):
+    run(
+        SCRIPT,
+        "fit",
+        *TINY,
+        "--trainer.limit_train_batches=1",
+        "--trainer.limit_val_batches=1",
+        cwd=tmp_path,
+    )
+    run(
+        SCRIPT,
+        "fit",
+        *TINY,
+        "--trainer.limit_train_batches=1",
+        "--trainer.limit_val_batches=1",
+        cwd=tmp_path,
+    )
+    assert [p.name for p in run_dirs(tmp_path)] == ["version_0", "version_1"]
+    assert all((p / "config.yaml").is_file() for p in run_dirs(tmp_path))
+
+
+def test_validate_from_checkpoint_reproduces_the_fit_metrics(fitted, tmp_path):
+    (fit_dir,) = run_dirs(fitted)
+    ckpt = fit_dir / "checkpoints" / "last.ckpt"
+    shutil.copytree(fitted / "runs", tmp_path / "runs")
+    run(SCRIPT, "validate", "--config", fit_dir / "config.yaml", "--ckpt_path", ckpt, cwd=tmp_path)
+    validate_dir = run_dirs(tmp_path)[-1]
+    assert validate_dir != tmp_path / "runs" / "digits-resnet20" / fit_dir.name
+    fit_metrics, validate_metrics = scalars(fit_dir), scalars(validate_dir)
+    for name in ("val/acc1", "val/acc5", "val/loss"):
+        assert validate_metrics[name][-1] == pytest.approx(fit_metrics[name][-1], abs=1e-6)
+
+
+def test_test_from_checkpoint_matches_the_checkpoint_evaluated_in_python(fitted, tmp_path):
+    (fit_dir,) = run_dirs(fitted)
+    ckpt = fit_dir / "checkpoints" / "last.ckpt"
+    run(SCRIPT, "test", "--config", fit_dir / "config.yaml", "--ckpt_path", ckpt, cwd=tmp_path)
+    cli_metrics = scalars(run_dirs(tmp_path)[-1])
+    model = ClassifierModule.load_from_checkpoint(ckpt)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    data = DigitsDataModule(image_size=8, batch_size=32)
+    (expected,) = trainer.test(model, datamodule=data, verbose=False)
+    assert cli_metrics["test/acc1"][-1] == pytest.approx(expected["test/acc1"], abs=1e-6)
+    assert cli_metrics["test/loss"][-1] == pytest.approx(expected["test/loss"], rel=1e-5)
+
+
+def test_predict_on_a_folder_writes_a_csv(fitted, tmp_path):
+    (fit_dir,) = run_dirs(fitted)
+    images = tmp_path / "photos"
+    (images / "nested").mkdir(parents=True)
+    for k, name in enumerate(["a.png", "b.jpg", "nested/c.png"]):
+        Image.new("L", (8, 8), color=40 * k).save(images / name)
+    out = tmp_path / "predictions.csv"
+    run(
+        sys.executable,
+        "-m",
+        "lit_classifiers",
+        "predict",
+        "--config",
+        fit_dir / "config.yaml",
+        "--ckpt_path",
+        fit_dir / "checkpoints" / "last.ckpt",
+        "--data.predict_dir",
+        images,
+        "--predictions.output_path",
+        out,
+        cwd=tmp_path,
+    )
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["file", *[f"{kind}_{k}" for k in range(1, 6) for kind in ("class", "prob")]]
+    assert sorted(Path(r[0]).name for r in rows[1:]) == ["a.png", "b.jpg", "c.png"]
+    for row in rows[1:]:
+        names, probs = row[1::2], [float(p) for p in row[2::2]]
+        assert set(names) <= {str(d) for d in range(10)} and len(set(names)) == 5
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-5
+
+
+def test_print_config_round_trips(tmp_path):
+    first = run(
+        SCRIPT,
+        "fit",
+        "--config",
+        CONFIGS / "digits" / "resnet20.yaml",
+        "--print_config",
+        cwd=tmp_path,
+    )
+    (tmp_path / "printed.yaml").write_text(first.stdout)
+    second = run(
+        SCRIPT, "fit", "--config", tmp_path / "printed.yaml", "--print_config", cwd=tmp_path
+    )
+    assert first.stdout == second.stdout
+    assert (
+        "backbone: resnet20" in first.stdout
+        and "class_path: datamodules.DigitsDataModule" in first.stdout
+    )
+
+
+def test_backbones_lists_parameters_flops_and_papers(tmp_path):
+    out = run(SCRIPT, "backbones", "resnet*", cwd=tmp_path).stdout
+    assert "25,557,032" in out and "4.089" in out  # resnet50: parameters and GMACs at 224
+    assert "Deep Residual Learning" in out
+    assert sum(line.startswith("resnet") for line in out.splitlines()) == len(
+        list_backbones("resnet*")
+    )
+    missing = run(SCRIPT, "backbones", "nothing*", cwd=tmp_path, check=False)
+    assert missing.returncode == 1 and "no backbone matches 'nothing*'" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["fit", "--model.backbone=resnet5", "--data=DigitsDataModule"],
+            r"unknown backbone 'resnet5'.*did you mean",
+        ),
+        (
+            [
+                "fit",
+                "--model.backbone=resnet18",
+                "--data=STL10DataModule",
+                "--data.data_dir=no/such/dir",
+            ],
+            r"no/such/dir",
+        ),
+        (["fit", "--config", "broken.yaml"], r"broken\.yaml"),
+    ],
+    ids=["unknown-backbone", "missing-data-dir", "malformed-yaml"],
+)
+def test_bad_input_exits_non_zero_and_names_the_problem(tmp_path, args, message):
+    (tmp_path / "broken.yaml").write_text("model:\n  backbone: [resnet18\n data: {")
+    result = run(SCRIPT, *args, "--trainer.max_epochs=1", cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    assert re.search(message, result.stderr, re.DOTALL), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def readme_quickstart() -> str:
+    """The README's first shell block's training command, as written."""
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", readme, re.DOTALL).group(1)
+    commands = [c.strip() for c in block.replace("\\\n", " ").split("&&")]
+    (train,) = [c for c in commands if "lit-classifiers fit" in c]
+    return train
+
+
+def test_readme_quickstart_command_runs_as_written(tmp_path):
+    command = readme_quickstart()
+    shutil.copytree(CONFIGS, tmp_path / "configs")
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / "bin").symlink_to(Path(sys.executable).parent)
+    run("bash", "-c", command, cwd=tmp_path)
+    (run_dir,) = (tmp_path / "runs").glob("*/version_0")
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    accuracy = scalars(run_dir)["val/acc1"]
+    assert accuracy[-1] >= 0.8 and accuracy[-1] > accuracy[0]  # it visibly learns
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    test_command = next(
+        block.strip()
+        for block in re.findall(r"```bash\n(.*?)```", readme, re.DOTALL)
+        if "pytest" in block
+    )
+    assert test_command in (REPO / ".ci" / "run").read_text().splitlines()
