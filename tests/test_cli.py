@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from datamodule_fixtures import write_stl10
+
 from datamodules import DigitsDataModule
 from lit_classifiers import ClassifierModule, list_backbones
 
@@ -179,6 +181,22 @@ def test_print_config_round_trips(tmp_path):
         "backbone: resnet20" in first.stdout
         and "class_path: datamodules.DigitsDataModule" in first.stdout
     )
+
+
+def test_readme_stl10_example_runs_as_written(tmp_path):
+    """``lit-classifiers fit --model.backbone resnet18 --data STL10DataModule --data.data_dir DIR``"""
+    write_stl10(tmp_path / "stl10", n_train=40, n_test=10)
+    example = "fit --model.backbone resnet18 --data STL10DataModule --data.data_dir DIR"
+    args = example.replace("DIR", str(tmp_path / "stl10")).split()
+    extra = ["--data.batch_size=4", "--data.num_workers=0", "--trainer.fast_dev_run=true"]
+    result = run(SCRIPT, *args, *extra, cwd=tmp_path)
+    assert "`Trainer.fit` stopped" in result.stdout + result.stderr
+
+
+def test_bare_print_config_lists_every_option(tmp_path):
+    out = run(SCRIPT, "fit", "--print_config", cwd=tmp_path).stdout
+    for key in ("model:", "backbone:", "data:", "checkpoint:", "monitor: val/acc1", "lr_monitor:"):
+        assert key in out
 
 
 def test_backbones_lists_parameters_flops_and_papers(tmp_path):
