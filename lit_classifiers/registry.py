@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from lit_classifiers.weights import load_weights
+
 __all__ = [
     "BackboneInfo",
     "Paper",
@@ -203,7 +205,5 @@ def create_backbone(
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
     model = info.builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
     if weights is not None:
-        from lit_classifiers.weights import load_weights
-
-        load_weights(model, weights, info)
+        load_weights(model, weights, info.name, info.torchvision_name)
     return model

@@ -13,22 +13,27 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-
-if TYPE_CHECKING:
-    from lit_classifiers.registry import BackboneInfo
 
 __all__ = ["adapt_input_conv", "load_weights", "read_state_dict"]
 
 _WRAPPER_PREFIXES = ("backbone.", "_orig_mod.", "module.")
 
 
-def load_weights(model: nn.Module, weights: str | os.PathLike[str], info: BackboneInfo) -> None:
-    """Load ``weights`` (a torchvision weights name or a file path) into ``model`` in place."""
-    state_dict = _fetch(weights, info)
+def load_weights(
+    model: nn.Module,
+    weights: str | os.PathLike[str],
+    backbone_name: str,
+    torchvision_name: str | None = None,
+) -> None:
+    """Load ``weights`` (a torchvision weights name or a file path) into ``model`` in place.
+
+    ``backbone_name`` names the model in errors; ``torchvision_name`` is the torchvision model
+    whose weights a name such as ``"DEFAULT"`` refers to.
+    """
+    state_dict = _fetch(weights, backbone_name, torchvision_name)
     own = model.state_dict()
     classifier = getattr(model, "classifier_name", None)
     first_conv = getattr(model, "first_conv_name", None)
@@ -58,7 +63,8 @@ def load_weights(model: nn.Module, weights: str | os.PathLike[str], info: Backbo
             *(f"unexpected {k}" for k in unexpected[:10]),
         ]
         raise ValueError(
-            f"weights {str(weights)!r} do not fit backbone {info.name!r}: " + "; ".join(problems)
+            f"weights {str(weights)!r} do not fit backbone {backbone_name!r}: "
+            + "; ".join(problems)
         )
     # Keys dropped above keep the model's own freshly initialised classifier.
     model.load_state_dict(state_dict, strict=False)
@@ -125,15 +131,17 @@ def _looks_like_path(weights: str) -> bool:
     )
 
 
-def _fetch(weights: str | os.PathLike[str], info: BackboneInfo) -> dict[str, Tensor]:
+def _fetch(
+    weights: str | os.PathLike[str], backbone_name: str, torchvision_name: str | None
+) -> dict[str, Tensor]:
     if not isinstance(weights, str) or _looks_like_path(weights):
         return read_state_dict(weights)
-    if info.torchvision_name is None:
+    if torchvision_name is None:
         raise ValueError(
-            f"backbone {info.name!r} has no torchvision counterpart, so weights={weights!r} "
+            f"backbone {backbone_name!r} has no torchvision counterpart, so weights={weights!r} "
             "cannot name torchvision weights; pass the path of a state_dict file instead"
         )
-    return dict(_torchvision_state_dict(info.torchvision_name, weights))
+    return dict(_torchvision_state_dict(torchvision_name, weights))
 
 
 def _torchvision_state_dict(model_name: str, weights_name: str) -> Mapping[str, Tensor]:
