@@ -62,3 +62,32 @@ def test_resume_is_bitwise_identical(tmp_path: Path) -> None:
     torch.save(checkpoint, stripped)
     diverged = _train(tmp_path / "diverged", max_epochs=2, ckpt_path=stripped, seed=123)
     assert not _same(straight, diverged)
+
+
+def _train_digits(directory: Path, max_epochs: int, ckpt_path: Path | None = None, seed: int = 0):
+    from datamodules import DigitsDataModule
+
+    pl.seed_everything(seed, verbose=False)
+    data = DigitsDataModule(image_size=8, batch_size=128, num_workers=2, augment=True)
+    model = ClassifierModule("resnet20", num_classes=10, in_channels=1, optimizer=sgd)
+    checkpoint = ModelCheckpoint(dirpath=directory, filename="{epoch}", save_top_k=-1)
+    trainer = make_trainer(
+        max_epochs=max_epochs,
+        callbacks=[checkpoint],
+        enable_checkpointing=True,
+        limit_train_batches=4,
+        limit_val_batches=1,
+    )
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+    return model
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")
+def test_resume_is_bitwise_identical_with_a_project_datamodule(tmp_path: Path) -> None:
+    """The same through DigitsDataModule's own loaders: shuffling and augmentation in workers."""
+    straight = _train_digits(tmp_path / "straight", max_epochs=2)
+    _train_digits(tmp_path / "first", max_epochs=1)
+    resumed = _train_digits(
+        tmp_path / "resumed", max_epochs=2, ckpt_path=tmp_path / "first" / "epoch=0.ckpt", seed=7
+    )
+    assert _same(straight, resumed)
