@@ -13,10 +13,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from datamodule_fixtures import write_stl10
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from datamodule_fixtures import write_stl10
 
 from datamodules import DigitsDataModule
 from lit_classifiers import ClassifierModule, list_backbones
@@ -184,7 +183,7 @@ def test_print_config_round_trips(tmp_path):
 
 
 def test_readme_stl10_example_runs_as_written(tmp_path):
-    """``lit-classifiers fit --model.backbone resnet18 --data STL10DataModule --data.data_dir DIR``"""
+    """The README example (fit with --data STL10DataModule), as written."""
     write_stl10(tmp_path / "stl10", n_train=40, n_test=10)
     example = "fit --model.backbone resnet18 --data STL10DataModule --data.data_dir DIR"
     args = example.replace("DIR", str(tmp_path / "stl10")).split()
