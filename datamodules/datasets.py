@@ -63,7 +63,9 @@ class FileImageDataset(Dataset):
 
     ``paths`` is a NumPy bytes array of paths relative to ``root`` (see
     :mod:`datamodules.files` for why not a list of str). Without ``labels`` the target is the
-    file's full path, which is what prediction wants back.
+    file's full path, which is what prediction wants back (an ``os.fsdecode`` string: a name
+    that is not UTF-8 holds surrogate escapes, so that the string opens the same file; convert
+    it with :func:`~datamodules.files.display_name` before storing it as text).
 
     With ``on_bad_image='skip'`` an undecodable file yields ``None``, which :class:`SkipCollate`
     drops from the batch, and a warning with the running count of skips is issued. Dropping
@@ -100,7 +102,11 @@ class FileImageDataset(Dataset):
             image = self.loader(path)
         except ImageDecodeError as err:
             if self.on_bad_image == "error":
-                raise
+                # Still one line: torch's worker re-raise and the CLI both rely on it.
+                raise ImageDecodeError(
+                    f"{err}; replace or remove the file, or set on_bad_image='skip' to leave "
+                    "undecodable images out"
+                ) from err.__cause__
             global _skipped_in_this_process
             _skipped_in_this_process += 1
             warnings.warn(

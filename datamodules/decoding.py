@@ -13,9 +13,12 @@ Why a fused decode-crop-resize instead of ``PIL.open -> transforms``:
 
 ImageNet's quirks decode correctly: CMYK JPEGs (22 in train), grayscale JPEGs, a PNG named
 ``.JPEG`` (PIL detects the format from the bytes, not the name) and palette/alpha images are all
-converted to the requested mode. A truncated or undecodable file raises ``ImageDecodeError``
-naming the file; PIL's ``LOAD_TRUNCATED_IMAGES`` is never switched on, because silently
-grey-filling the missing part of a training image is worse than an error.
+converted to the requested mode. 16-bit grayscale files (PNG, TIFF; PIL modes ``I;16``,
+``I;16B``, ``I``) are scaled to 8 bits (``value >> 8``) rather than clipped by
+``convert("RGB")``, which would turn everything above 255 white; PIL already reduces 48/64-bit
+RGB(A) PNGs to 8 bits per channel the same way. A truncated or undecodable file raises
+``ImageDecodeError`` naming the file; PIL's ``LOAD_TRUNCATED_IMAGES`` is never switched on,
+because silently grey-filling the missing part of a training image is worse than an error.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from datamodules.files import display_name
 
 __all__ = ["Box", "ImageDecodeError", "decode_crop", "image_to_tensor"]
 
@@ -33,8 +38,38 @@ Box = tuple[float, float, float, float]
 """(left, top, right, bottom) in pixels of the full-resolution image."""
 
 
+# Integer modes whose values span 16 bits; "I" (32-bit) is what PIL gives 16-bit data in some
+# formats (TIFF, older PIL versions), and values outside 0..65535 are clipped.
+_WIDE_INTEGER_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+
+
 class ImageDecodeError(ValueError):
-    """An image file that exists but cannot be decoded (truncated, corrupt, not an image)."""
+    """An image file that exists but cannot be decoded (truncated, corrupt, not an image).
+
+    The message is one line naming the file. A DataLoader worker process sends the error back
+    as text and torch re-raises ``ImageDecodeError(text)`` whose message is several lines
+    (``"Caught ImageDecodeError in DataLoader worker process N.\\nOriginal Traceback ..."``
+    ending with ``"datamodules.decoding.ImageDecodeError: <message>"``); :attr:`summary` gives
+    the one-line message back in both cases.
+    """
+
+    @property
+    def summary(self) -> str:
+        """The original one-line message, also when torch re-raised this from a worker."""
+        message = str(self)
+        if "\nOriginal Traceback" not in message:
+            return message
+        last_line = message.rstrip().rsplit("\n", 1)[-1]
+        _, found, original = last_line.partition(f"{type(self).__name__}: ")
+        return original if found else last_line
+
+
+def _to_8_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit integer image as mode ``L``, keeping the high byte of each value."""
+    values = np.asarray(image)
+    if image.mode == "I":
+        values = values.clip(0, 65535)
+    return Image.fromarray((values >> 8).astype(np.uint8))
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -76,11 +111,20 @@ def decode_crop(
                 min(bottom, float(image.size[1])),
             )
             image.load()
+            if image.mode in _WIDE_INTEGER_MODES:
+                image = _to_8_bit(image)
             if image.mode != mode:
                 image = image.convert(mode)
             image = image.resize(out_size, Image.Resampling.BILINEAR, box=box)
     except FileNotFoundError:
         raise
     except Exception as err:  # PIL raises OSError, SyntaxError, struct.error, ... on bad data
-        raise ImageDecodeError(f"cannot decode image file {path}: {err}") from err
+        # One line, and valid UTF-8 even for a non-UTF-8 file name, whatever logs or prints it.
+        if isinstance(err, UnidentifiedImageError):  # its message repeats the file object
+            reason = "not an image in a format PIL can read"
+        else:
+            reason = " ".join(str(err).split()) or type(err).__name__
+        raise ImageDecodeError(
+            f"cannot decode image file {display_name(path)}: {display_name(reason)}"
+        ) from err
     return image_to_tensor(image)

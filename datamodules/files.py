@@ -14,6 +14,12 @@ coarse timestamps could hide a later change behind an unchanged mtime; git's ind
 Paths are kept in one NumPy bytes array rather than a list of ``str``: DataLoader workers fork
 the dataset, and touching a million Python objects (refcounts) would copy their memory pages into
 every worker.
+
+File names are bytes on Linux and need not be valid UTF-8. Paths keep their exact bytes (as bytes,
+or as ``os.fsdecode`` strings with surrogate escapes, which ``open`` turns back into the same
+bytes). Anything shown to people or stored as text (class names, error messages, CSV cells)
+goes through :func:`display_name` instead, because a string holding surrogate escapes cannot be
+encoded as UTF-8 and crashes whatever writes it (matplotlib, YAML, TensorBoard, a CSV file).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ __all__ = [
     "ImageIndex",
     "class_tree_samples",
     "default_cache_dirs",
+    "display_name",
     "index_images",
     "is_image_file",
     "list_class_dirs",
@@ -45,6 +52,22 @@ IMAGE_EXTENSIONS = frozenset(
 _CACHE_VERSION = 1
 # Folder mtimes this close to the scan are ambiguous on file systems with coarse timestamps.
 _RACY_NS = 2_000_000_000
+
+
+def display_name(name: str | bytes) -> str:
+    """``name`` as valid UTF-8 text: bytes that are not UTF-8 become ``\\xNN`` escapes.
+
+    ``b"caf\\xe9"`` and its ``os.fsdecode`` form ``"caf\\udce9"`` both give ``"caf\\\\xe9"``
+    (the four characters ``\\xe9``), i.e. UTF-8 decoding with ``backslashreplace``. Valid text is
+    returned unchanged. Not reversible in general (a name may literally contain ``\\xe9``); use it
+    for what people read, never to find the file again.
+    """
+    if isinstance(name, str):
+        try:
+            name = name.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a surrogate that stands for no byte (not from fsdecode)
+            return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return name.decode("utf-8", "backslashreplace")
 
 
 def is_image_file(name: str) -> bool:
@@ -68,7 +91,9 @@ def list_class_dirs(root: str | Path) -> list[str]:
     """Sorted names of the (non-hidden) sub-folders of ``root``: the class list of a class tree."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"expected a folder of class sub-folders at {root}")
+        raise FileNotFoundError(
+            f"expected a folder of class sub-folders at {display_name(os.fspath(root))}"
+        )
     with os.scandir(root) as entries:
         return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
 
@@ -161,7 +186,7 @@ def index_images(root: str | Path, cache_dirs: list[Path] | None = None) -> Imag
     """
     root = Path(root).resolve()
     if not root.is_dir():
-        raise FileNotFoundError(f"expected an image folder at {root}")
+        raise FileNotFoundError(f"expected an image folder at {display_name(os.fspath(root))}")
     for cache_dir in cache_dirs or []:
         paths = _load_cache(_cache_file(cache_dir, root), root)
         if paths is not None:
@@ -208,12 +233,12 @@ def class_tree_samples(
         chunks.append(index.paths[start:stop])
         labels.append(np.full(stop - start, label, dtype=np.int64))
     if empty:
-        shown = ", ".join(str(index.root / e) for e in empty[:5])
+        shown = ", ".join(display_name(os.fspath(index.root / e)) for e in empty[:5])
         more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
         raise ValueError(
             f"{split}: class folder(s) with no image files: {shown}{more} (expected files with "
             f"one of the extensions {sorted(IMAGE_EXTENSIONS)}); remove the folder(s) or add images"
         )
     if not chunks:
-        raise ValueError(f"{split}: no class folders in {index.root}")
+        raise ValueError(f"{split}: no class folders in {display_name(os.fspath(index.root))}")
     return np.concatenate(chunks), np.concatenate(labels)

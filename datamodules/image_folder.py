@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from datamodules.base import FileImageDataModule
-from datamodules.files import IMAGE_EXTENSIONS, class_tree_samples, index_images, list_class_dirs
+from datamodules.files import (
+    IMAGE_EXTENSIONS,
+    class_tree_samples,
+    display_name,
+    index_images,
+    list_class_dirs,
+)
 from datamodules.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from datamodules.splits import resolve_split_size, stratified_split
 
@@ -21,6 +28,11 @@ class ImageFolderDataModule(FileImageDataModule):
     ``data_dir/train/<class>/**/<image>`` is required; classes are the sorted folder names.
     ``data_dir/val/`` and ``data_dir/test/``, when present, must have the same class folders.
     Without ``val/``, a seeded stratified ``val_split`` of train is the validation set.
+
+    A folder name that is not valid UTF-8 (e.g. Latin-1 ``b"caf\\xe9"``) is found and read by its
+    exact bytes, while its class name is its readable form from
+    :func:`~datamodules.files.display_name` (``"caf\\\\xe9"``), which checkpoints, YAML files,
+    TensorBoard and CSV files can all store.
 
     Args:
         data_dir: The folder holding ``train/`` (and optionally ``val/``, ``test/``).
@@ -87,11 +99,25 @@ class ImageFolderDataModule(FileImageDataModule):
 
     @property
     def class_names(self) -> list[str]:
+        """The class folders' names as valid UTF-8 text, in label order."""
+        return [display_name(folder) for folder in self._class_folders()]
+
+    def _class_folders(self) -> list[str]:
+        """The class folders' exact names (``os.fsdecode`` form), in label order."""
         train_dir = Path(self.data_dir) / "train"
-        classes = list_class_dirs(train_dir)
-        if not classes:
-            raise ValueError(f"{train_dir} has no class folders; expected {train_dir}/<class>/")
-        return classes
+        shown = display_name(os.fspath(train_dir))
+        folders = list_class_dirs(train_dir)
+        if not folders:
+            raise ValueError(f"{shown} has no class folders; expected {shown}/<class>/")
+        names = [display_name(folder) for folder in folders]
+        if len(set(names)) != len(names):
+            # e.g. b"caf\xe9" beside a folder literally named "caf\xe9"
+            clashing = sorted({name for name in names if names.count(name) > 1})
+            raise ValueError(
+                f"{shown}: class folders {clashing} differ only in bytes that are not UTF-8, "
+                "so their class names would be the same; rename one of them"
+            )
+        return folders
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -102,28 +128,31 @@ class ImageFolderDataModule(FileImageDataModule):
         return self._std
 
     def _missing_split_message(self, name: str) -> str:
-        return f"no {name} split: create {Path(self.data_dir) / name}/<class>/ with images"
+        folder = display_name(os.fspath(Path(self.data_dir) / name))
+        return f"no {name} split: create {folder}/<class>/ with images"
 
     def _split_samples(self, split: str, classes: list[str]) -> tuple[Path, np.ndarray, np.ndarray]:
         folder = Path(self.data_dir) / split
         found = list_class_dirs(folder)
         if found != classes:
-            missing = sorted(set(classes) - set(found))
-            extra = sorted(set(found) - set(classes))
+            missing = [display_name(c) for c in sorted(set(classes) - set(found))]
+            extra = [display_name(c) for c in sorted(set(found) - set(classes))]
+            train_dir = display_name(os.fspath(Path(self.data_dir) / "train"))
             raise ValueError(
-                f"{folder} has different class folders than {Path(self.data_dir) / 'train'}: "
+                f"{display_name(os.fspath(folder))} has different class folders than {train_dir}: "
                 f"missing {missing}, not in train {extra}; every split needs the same classes"
             )
         index = index_images(folder, self._cache_dirs())
         if len(index) == 0:
             raise ValueError(
-                f"no image files in {folder} (expected extensions {sorted(IMAGE_EXTENSIONS)})"
+                f"no image files in {display_name(os.fspath(folder))} (expected extensions "
+                f"{sorted(IMAGE_EXTENSIONS)})"
             )
-        paths, labels = class_tree_samples(index, classes, str(folder))
+        paths, labels = class_tree_samples(index, classes, display_name(os.fspath(folder)))
         return index.root, paths, labels
 
     def _build_datasets(self) -> None:
-        classes = self.class_names
+        classes = self._class_folders()
         train_root, train_paths, train_labels = self._split_samples("train", classes)
         root = Path(self.data_dir)
         if (root / "val").is_dir():

@@ -37,7 +37,7 @@ from typing import IO, Literal
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 
-from datamodules.archives import extract_tar
+from datamodules.archives import extract_tar, safe_folder_name, verify_md5
 from datamodules.base import FileImageDataModule
 from datamodules.files import class_tree_samples, index_images, list_class_dirs
 from datamodules.splits import resolve_split_size, stratified_split
@@ -70,6 +70,13 @@ KAGGLE_FOLDER = Path("ILSVRC", "Data", "CLS-LOC")
 SYNSET_MAPPING = "LOC_synset_mapping.txt"
 VAL_SOLUTION = "LOC_val_solution.csv"
 DOWNLOAD_PAGE = "https://image-net.org/challenges/LSVRC/2012/2012-downloads.php"
+# The published md5 of each official archive, as in torchvision's ARCHIVE_META
+# (pytorch/vision, torchvision/datasets/imagenet.py; the same values in torchvision 0.29.1).
+ARCHIVE_MD5 = {
+    TRAIN_ARCHIVE: "1d675b47d978889d74fa0da5fadfb00e",
+    VAL_ARCHIVE: "29b22e2961454d5413ddabcf34fc5622",
+    DEVKIT_ARCHIVE: "fa75699e90414af021442c21a62c3abf",
+}
 
 _VAL_NUMBER = re.compile(r"ILSVRC2012_val_(\d+)")
 
@@ -243,30 +250,62 @@ def _val_number(path: str) -> int:
     return int(match.group(1))
 
 
+def _describe(archive: Path) -> str:
+    return f"{archive.name} ({archive})"
+
+
+def _fresh_partial(target: Path) -> Path:
+    """An empty hidden sibling of ``target`` to extract into, renamed into place when complete.
+
+    Whatever an earlier run left under that name is removed first, including a symlink, which
+    would otherwise carry the extraction to wherever it points.
+    """
+    partial = target.with_name(f".{target.name}.partial")
+    if partial.is_symlink() or partial.is_file():
+        partial.unlink()
+    elif partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir()
+    return partial
+
+
 def _prepare_train_archive(archive: Path, target: Path) -> None:
     """Unpack the train tar (one ``<wnid>.tar`` per class) into ``target/<wnid>/``.
 
     Inner tars are streamed out of the outer one, never written to disk; everything lands in a
     hidden sibling that is renamed into place only when complete.
     """
-    partial = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    label = _describe(archive)
+    partial = _fresh_partial(target)
 
     def unpack_class(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bool:
         name = PurePosixPath(member.name)
         if len(name.parts) != 1 or name.suffix.lower() != ".tar":
             raise ValueError(
-                f"refusing to extract {archive}: unexpected member {member.name!r}; the train "
+                f"refusing to extract {label}: unexpected member {member.name!r}; the train "
                 "archive holds one <wnid>.tar per class"
             )
+        # The class folder comes from the member's stem: '...tar' would otherwise unpack into
+        # partial/.., i.e. data_dir itself.
+        folder = safe_folder_name(name.stem, label, f"member {member.name!r}")
         inner = tar.extractfile(member)
         assert inner is not None
         with inner:
-            extract_tar(inner, partial / name.stem, archive_name=f"{archive}:{member.name}")
+            extract_tar(inner, partial / folder, archive_name=f"{label}, inner tar {member.name!r}")
         return True
 
     try:
-        extract_tar(archive, partial, on_member=unpack_class, desc=f"Extracting {archive.name}")
+        written = extract_tar(
+            archive,
+            partial,
+            on_member=unpack_class,
+            desc=f"Extracting {archive.name}",
+            archive_name=label,
+        )
+        if written == 0:
+            raise ValueError(
+                f"cannot extract {label}: it holds no files; expected one <wnid>.tar per class"
+            )
         os.replace(partial, target)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
@@ -274,17 +313,37 @@ def _prepare_train_archive(archive: Path, target: Path) -> None:
 
 def _prepare_val_archive(archive: Path, target: Path, labels: dict[int, str], source: str) -> None:
     """Unpack the flat val tar straight into ``target/<wnid>/`` using ``labels``."""
-    partial = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    label = _describe(archive)
+    partial = _fresh_partial(target)
 
     def into_class_folder(name: str) -> str:
-        number = _val_number(name)
+        base = PurePosixPath(name.replace("\\", "/")).name
+        match = _VAL_NUMBER.search(base)
+        if match is None:
+            raise ValueError(
+                f"cannot extract {label}: unexpected member {name!r}; expected flat "
+                "ILSVRC2012_val_<number>.JPEG files"
+            )
+        number = int(match.group(1))
         if number not in labels:
-            raise ValueError(f"{archive}: no label for member {name!r} in {source}")
-        return f"{labels[number]}/{PurePosixPath(name).name}"
+            raise ValueError(f"cannot extract {label}: no label for member {name!r} in {source}")
+        # The wnid comes from a label file, not from us: it must be one plain folder name.
+        wnid = safe_folder_name(labels[number], label, f"{source}'s label for member {name!r}")
+        return f"{wnid}/{base}"
 
     try:
-        extract_tar(archive, partial, rename=into_class_folder, desc=f"Extracting {archive.name}")
+        written = extract_tar(
+            archive,
+            partial,
+            rename=into_class_folder,
+            desc=f"Extracting {archive.name}",
+            archive_name=label,
+        )
+        if written == 0:
+            raise ValueError(
+                f"cannot extract {label}: it holds no files; expected the flat "
+                "ILSVRC2012_val_<number>.JPEG images"
+            )
         os.replace(partial, target)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
@@ -309,6 +368,11 @@ class ImageNetDataModule(FileImageDataModule):
             such files with a warning that counts them.
         cache_dir: Where file-index caches go; default ``data_dir/.lit_classifiers_cache``, or
             ``~/.cache/lit_classifiers`` when ``data_dir`` is read-only.
+        verify_archives: Check the published md5 of ``ILSVRC2012_img_train.tar``,
+            ``ILSVRC2012_img_val.tar`` and ``ILSVRC2012_devkit_t12.tar.gz`` before
+            ``prepare_data`` extracts them (minutes for the 138 GB train archive; a success is
+            remembered in a ``.<archive>.md5-verified`` stamp next to it until the file
+            changes). ``False`` skips the check, e.g. for archives you repacked yourself.
         batch_size, num_workers, pin_memory, persistent_workers, seed, predict_dir: see
             :class:`ImageClassificationDataModule`.
     """
@@ -322,6 +386,7 @@ class ImageNetDataModule(FileImageDataModule):
         val_split: int | float = 0,
         on_bad_image: Literal["error", "skip"] = "error",
         cache_dir: str | None = None,
+        verify_archives: bool = True,
         batch_size: int = 64,
         num_workers: int | None = None,
         pin_memory: bool = True,
@@ -347,6 +412,9 @@ class ImageNetDataModule(FileImageDataModule):
         )
         resolve_split_size(val_split, 2**62)  # type check; the size is checked in setup
         self.val_split = val_split
+        if not isinstance(verify_archives, bool):
+            raise TypeError(f"verify_archives must be True or False, got {verify_archives!r}")
+        self.verify_archives = verify_archives
         self.save_hyperparameters()
 
     # ------------------------------------------------------------------ facts
@@ -445,15 +513,36 @@ class ImageNetDataModule(FileImageDataModule):
         layout = self.layout
         if layout.kind != "kaggle":
             root = layout.root
-            if not layout.train_dir.is_dir() and (root / TRAIN_ARCHIVE).is_file():
+            train = not layout.train_dir.is_dir() and (root / TRAIN_ARCHIVE).is_file()
+            val = not layout.val_dir.is_dir() and (root / VAL_ARCHIVE).is_file()
+            if self.verify_archives and (train or val):
+                # All of them before extracting any and the smallest first, so a bad devkit or
+                # val archive is found in seconds, not after the hour spent on train.
+                wanted = [DEVKIT_ARCHIVE] + [VAL_ARCHIVE] * val + [TRAIN_ARCHIVE] * train
+                for name in wanted:
+                    if (root / name).is_file():
+                        self._verify_archive(root / name)
+            if train:
                 _prepare_train_archive(root / TRAIN_ARCHIVE, layout.train_dir)
-            if not layout.val_dir.is_dir() and (root / VAL_ARCHIVE).is_file():
+            if val:
                 labels, source = self._val_labels()
                 _prepare_val_archive(root / VAL_ARCHIVE, layout.val_dir, labels, source)
             layout = self.layout
         for folder in (layout.train_dir, layout.val_dir):
             if folder.is_dir():
                 index_images(folder, self._cache_dirs())
+
+    @staticmethod
+    def _verify_archive(archive: Path) -> None:
+        verify_md5(
+            archive,
+            ARCHIVE_MD5[archive.name],
+            what=f"the published md5 of the official {archive.name}",
+            remedy=(
+                f"download it again from {DOWNLOAD_PAGE}, or pass verify_archives=False "
+                "(--data.verify_archives=false on the command line) to extract it unchecked"
+            ),
+        )
 
     # ------------------------------------------------------------------ splits
     def _val_samples(

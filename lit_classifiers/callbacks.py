@@ -23,6 +23,8 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from lit_classifiers.predictions import readable_text
+
 __all__ = [
     "HPARAMS_METRICS",
     "ClassifierTensorBoard",
@@ -204,7 +206,14 @@ class ClassifierTensorBoard(Callback):
 def _class_names(pl_module: pl.LightningModule) -> list[str]:
     names = pl_module.hparams.get("class_names")
     num_classes = int(pl_module.hparams.num_classes)
-    return list(names) if names else [str(i) for i in range(num_classes)]
+    return [str(name) for name in names] if names else [str(i) for i in range(num_classes)]
+
+
+def _plain_label(name: str) -> str:
+    """A class name as matplotlib should draw it: valid UTF-8 (a non-UTF-8 folder name would
+    crash the renderer) and with ``$`` escaped (``$...$`` would be parsed as mathtext, which
+    can fail to parse), so the figure shows the name exactly."""
+    return readable_text(name).replace("$", r"\$")
 
 
 def _displayable(
@@ -225,6 +234,7 @@ def _displayable(
 
 def confusion_matrix_figure(matrix: Tensor, class_names: Sequence[str]) -> Figure:
     """Rows are true classes normalised to 1; each row's label carries the class's accuracy."""
+    class_names = [_plain_label(name) for name in class_names]
     counts = matrix.double()
     totals = counts.sum(1)
     rates = counts / totals.clamp(min=1).unsqueeze(1)
@@ -235,7 +245,7 @@ def confusion_matrix_figure(matrix: Tensor, class_names: Sequence[str]) -> Figur
     figure = Figure(figsize=(side + 1.0, side))
     axes = figure.add_subplot()
     image = axes.imshow(rates.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
-    axes.set_xticks(range(n), labels=list(class_names), rotation=90, fontsize=8)
+    axes.set_xticks(range(n), labels=class_names, rotation=90, fontsize=8)
     axes.set_yticks(
         range(n),
         labels=[
@@ -272,7 +282,10 @@ def misclassified_figure(images: Tensor, true: Sequence[str], predicted: Sequenc
             axes.imshow(image[:3].permute(1, 2, 0).numpy())
         else:
             axes.imshow(image[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
-        axes.set_title(f"true: {true[index]}\npred: {predicted[index]}", fontsize=8)
+        axes.set_title(
+            f"true: {_plain_label(true[index])}\npred: {_plain_label(predicted[index])}",
+            fontsize=8,
+        )
         axes.axis("off")
     figure.tight_layout()
     return figure

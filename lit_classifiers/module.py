@@ -5,8 +5,11 @@ Lightning alone gets wrong for classification:
 
 * evaluation under DDP counts every sample exactly once (Lightning's sampler pads with repeats);
 * checkpoints carry the random-number state, so a resumed run continues bit for bit;
-* loading a checkpoint never runs code from it (``weights_only`` loading, and everything stored
-  is plain tensors, lists and numbers);
+* loading a checkpoint never runs code from it (``weights_only`` loading, also of ``http(s)://``
+  URLs, and everything stored is plain tensors, lists and numbers), and saving one is atomic:
+  every Trainer run of the module uses :class:`~lit_classifiers.checkpoint_io.SafeCheckpointIO`;
+* weights that became NaN or infinite (a diverging run whose loss is still finite) stop the run
+  at the end of the epoch, and such weights are never saved;
 * a non-finite loss or a ``num_classes`` that does not fit the data stops the run with an error
   that says so, instead of a CUDA assert or a quietly wrong metric.
 
@@ -17,15 +20,29 @@ logs the rate already), ``val/loss``, ``val/acc1``,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Literal
+import contextvars
+import os
+from collections.abc import Mapping, Sequence
+from itertools import chain
+from pathlib import Path
+from typing import IO, Any, Literal
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.core.saving import (
+    _default_map_location,
+    _load_state,
+    load_hparams_from_tags_csv,
+    load_hparams_from_yaml,
+)
+from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.migration.utils import _pl_migrate_checkpoint
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -36,6 +53,14 @@ from torchvision.transforms import v2
 from typing_extensions import Self
 
 from lit_classifiers.callbacks import ClassifierTensorBoard, check_finite_loss, datamodule_attribute
+from lit_classifiers.checkpoint_io import (
+    CheckpointError,
+    NonFiniteWeightsError,
+    SafeCheckpointIO,
+    check_checkpoint_hparams,
+    first_non_finite,
+    read_checkpoint,
+)
 from lit_classifiers.exact_eval import EvalSampleCounter
 from lit_classifiers.optimization import (
     NORM_LAYERS,
@@ -50,6 +75,12 @@ from lit_classifiers.rng_state import capture_rng_state, restore_rng_state
 __all__ = ["ClassifierModule"]
 
 RNG_KEY = "rng_states"
+
+# (source, strict, stored hyper-parameters before the caller's overrides) of the
+# load_from_checkpoint call in progress, for on_load_checkpoint's errors.
+_LOADING: contextvars.ContextVar[tuple[str, bool | None, Mapping[str, Any]] | None] = (
+    contextvars.ContextVar("classifier_loading", default=None)
+)
 
 
 class ClassifierModule(pl.LightningModule):
@@ -184,6 +215,7 @@ class ClassifierModule(pl.LightningModule):
         self._eval_counter = EvalSampleCounter()
         self._rng_to_restore: dict[str, Any] | None = None
         self._lr_monitored = False
+        self._finite_checked_step = -1
         self.train(self.training)  # puts a frozen body's norm layers in eval mode
 
     # ------------------------------------------------------------------------------ network
@@ -224,7 +256,12 @@ class ClassifierModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------ checks
     def setup(self, stage: str) -> None:
-        """Catch a model built for other data before any step runs."""
+        """Catch a model built for other data before any step runs.
+
+        Also installs :class:`SafeCheckpointIO`: Lightning calls ``setup`` before it restores
+        ``ckpt_path``, so the checkpoint is already read with ``weights_only=True``.
+        """
+        self._install_safe_checkpoint_io()
         data_classes = datamodule_attribute(self._trainer, "num_classes")
         if data_classes is not None and int(data_classes) != self.num_classes:
             raise ValueError(
@@ -241,6 +278,54 @@ class ClassifierModule(pl.LightningModule):
                     f"the model's class_names {list(self.class_names)[:5]}... differ from the "
                     f"datamodule's {data_names[:5]}...: the label indices would mean other classes"
                 )
+
+    def _install_safe_checkpoint_io(self) -> None:
+        if self._trainer is None:  # setup() called by hand
+            return
+        strategy = self._trainer.strategy
+        current = strategy.checkpoint_io  # Lightning fills in its default on first access
+        if isinstance(current, SafeCheckpointIO):
+            return
+        if type(current) is TorchCheckpointIO:
+            strategy.checkpoint_io = SafeCheckpointIO()
+            return
+        wrapper = current
+        while isinstance(wrapper, _WrappingCheckpointIO):  # e.g. AsyncCheckpointIO
+            inner = wrapper.checkpoint_io
+            if inner is None or type(inner) is TorchCheckpointIO:
+                # Its public setter refuses to replace a base IO that is already set.
+                wrapper._checkpoint_io = SafeCheckpointIO()
+                return
+            if isinstance(inner, SafeCheckpointIO):
+                return
+            wrapper = inner
+        rank_zero_warn(
+            f"the trainer uses its own checkpoint IO ({type(wrapper).__name__}), so "
+            "ClassifierModule does not install SafeCheckpointIO: whether checkpoints load "
+            "without running code and save atomically depends on that IO"
+        )
+
+    def _check_finite_weights(self) -> None:
+        """Stop a diverged fit before this epoch's checkpoints are saved.
+
+        Called where the module's hooks run before ModelCheckpoint's (validation epoch start,
+        train epoch end); a loss can stay finite while BatchNorm statistics overflow.
+        """
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+            return
+        if self._finite_checked_step == trainer.global_step:
+            return
+        self._finite_checked_step = trainer.global_step
+        bad = first_non_finite(chain(self.named_parameters(), self.named_buffers()))
+        if bad is not None:
+            name, description = bad
+            raise NonFiniteWeightsError(
+                f"non-finite weights at epoch {self.current_epoch} (global step "
+                f"{trainer.global_step}): {name} holds {description}; training stopped before "
+                "this epoch's checkpoints were saved. The run diverged: lower the learning rate, "
+                "add warm-up or gradient clipping."
+            )
 
     def _check_labels(self, labels: Tensor) -> None:
         # On the first batch of each epoch and stage only: it costs a device synchronisation.
@@ -289,6 +374,7 @@ class ClassifierModule(pl.LightningModule):
         )
 
     def on_train_epoch_end(self) -> None:
+        self._check_finite_weights()  # runs before ModelCheckpoint's on_train_epoch_end
         # Once per epoch rather than a self.log call per step: each costs ~0.4 ms of Python.
         self.log("train/acc1", self.train_acc1)
 
@@ -326,6 +412,7 @@ class ClassifierModule(pl.LightningModule):
         return {"preds": logits.argmax(-1), "target": labels}
 
     def on_validation_epoch_start(self) -> None:
+        self._check_finite_weights()  # ModelCheckpoint saves at the end of this validation
         self._eval_counter.reset()
 
     def on_test_epoch_start(self) -> None:
@@ -411,11 +498,70 @@ class ClassifierModule(pl.LightningModule):
             checkpoint["hyper_parameters"] = {**hparams, "backbone_kwargs": kwargs}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_checkpoint_fits(checkpoint)
         # Only a resumed fit moves the global generators; load_from_checkpoint (no trainer) and
         # validate/test runs leave them alone.
         trainer = self._trainer
         resuming = trainer is not None and trainer.state.fn == TrainerFn.FITTING
         self._rng_to_restore = checkpoint.get(RNG_KEY) if resuming else None
+
+    def _check_checkpoint_fits(self, checkpoint: Mapping[str, Any]) -> None:
+        """One line instead of load_state_dict's page of size mismatches."""
+        loading = _LOADING.get()
+        if loading is not None:
+            source, strict, stored = loading
+            strict = self.strict_loading if strict is None else strict
+        else:
+            path = self._trainer.ckpt_path if self._trainer is not None else None
+            source, strict = (str(path) if path else "(unnamed)"), self.strict_loading
+            stored = checkpoint.get("hyper_parameters") or {}
+        state = checkpoint.get("state_dict")
+        if not isinstance(state, Mapping):
+            raise CheckpointError(
+                f"checkpoint {source} has no state_dict: it is not a Lightning checkpoint (a "
+                "bare weights file loads with backbone_kwargs={'weights': path})"
+            )
+        own = self.state_dict()
+        mismatched = [
+            (key, tuple(value.shape), tuple(own[key].shape))
+            for key, value in state.items()
+            if key in own and isinstance(value, Tensor) and value.shape != own[key].shape
+        ]
+        missing = [key for key in own if key not in state] if strict else []
+        unexpected = [key for key in state if key not in own] if strict else []
+        if not (mismatched or missing or unexpected):
+            return
+        theirs, mine = stored.get("backbone"), self.hparams.get("backbone")
+        their_classes = stored.get("num_classes")
+        if (isinstance(theirs, str) and isinstance(mine, str) and theirs != mine) or (
+            their_classes is not None and their_classes != self.num_classes
+        ):
+            their_backbone = theirs if isinstance(theirs, str) else "a custom module"
+            my_backbone = mine if isinstance(mine, str) else type(self.backbone).__name__
+            raise CheckpointError(
+                f"checkpoint {source} was trained with backbone={their_backbone}, "
+                f"num_classes={their_classes}; this model is backbone={my_backbone}, "
+                f"num_classes={self.num_classes}: build the model to match the checkpoint or "
+                "use ClassifierModule.load_from_checkpoint"
+            )
+        if mismatched:
+            key, their_shape, my_shape = mismatched[0]
+            more = f" ({len(mismatched) - 1} more tensors differ)" if len(mismatched) > 1 else ""
+            raise CheckpointError(
+                f"checkpoint {source} does not fit this model: {key} has shape {their_shape} in "
+                f"the checkpoint but {my_shape} in the model{more}"
+            )
+        if missing:
+            ema = "a model with ema_decay needs a checkpoint trained with it, or "
+            raise CheckpointError(
+                f"checkpoint {source} does not fit this model: it lacks {len(missing)} of the "
+                f"model's tensors (first: {missing[0]}); "
+                f"{ema if missing[0].startswith('ema.') else ''}load with strict=False to skip them"
+            )
+        raise CheckpointError(
+            f"checkpoint {source} does not fit this model: it has {len(unexpected)} tensors the "
+            f"model lacks (first: {unexpected[0]}); load with strict=False to ignore them"
+        )
 
     def on_fit_start(self) -> None:
         # Last hook before the training loop creates its dataloader iterator, which draws the
@@ -427,25 +573,71 @@ class ClassifierModule(pl.LightningModule):
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
         cls,
-        checkpoint_path: Any,
+        checkpoint_path: str | os.PathLike[str] | IO[bytes],
         map_location: Any = None,
-        hparams_file: Any = None,
+        hparams_file: str | os.PathLike[str] | None = None,
         strict: bool | None = None,
         weights_only: bool | None = True,
         **kwargs: Any,
     ) -> Self:
-        """Lightning's ``load_from_checkpoint`` with ``weights_only=True`` enforced: a
-        checkpoint can only hold tensors and plain data, so loading one cannot run code."""
+        """Lightning's ``load_from_checkpoint`` made safe: the file (local, ``http(s)://`` or
+        any fsspec URL) is read once with ``weights_only=True``, and its hyper-parameters must
+        be plain data naming a registered backbone (see
+        :func:`~lit_classifiers.checkpoint_io.check_checkpoint_hparams`) before anything is
+        built from them. A checkpoint of a custom backbone needs ``backbone=<the module>``."""
         if weights_only is False:
             raise ValueError(
                 "ClassifierModule checkpoints load with weights_only=True only; a checkpoint "
                 "that needs weights_only=False can execute code when unpickled"
             )
-        return super().load_from_checkpoint(
-            checkpoint_path,
-            map_location=map_location,
-            hparams_file=hparams_file,
-            strict=strict,
-            weights_only=True,
-            **kwargs,
-        )
+        is_path = isinstance(checkpoint_path, (str, os.PathLike))
+        source = os.fspath(checkpoint_path) if is_path else type(checkpoint_path).__name__
+        checkpoint = read_checkpoint(checkpoint_path, map_location or _default_map_location)
+        migrated_path = checkpoint_path if isinstance(checkpoint_path, (str, Path)) else None
+        checkpoint = _pl_migrate_checkpoint(checkpoint, checkpoint_path=migrated_path)
+        if "state_dict" not in checkpoint:
+            raise CheckpointError(
+                f"checkpoint {source} has no state_dict: it is not a Lightning checkpoint (a "
+                "bare weights file loads with backbone_kwargs={'weights': path})"
+            )
+        key = cls.CHECKPOINT_HYPER_PARAMS_KEY
+        if hparams_file is not None:
+            extension = str(hparams_file).rsplit(".", 1)[-1].lower()
+            if extension == "csv":
+                checkpoint[key] = load_hparams_from_tags_csv(hparams_file)
+            elif extension in ("yml", "yaml"):
+                checkpoint[key] = load_hparams_from_yaml(hparams_file, use_omegaconf=False)
+            else:
+                raise ValueError(f"hparams_file must be .csv, .yml or .yaml, got {hparams_file}")
+        # Lightning also reads hyper-parameters from the keys of its 0.7 checkpoints.
+        stored: dict[str, Any] = {}
+        for name in ("hparams", "module_arguments", key):
+            if name in checkpoint:
+                where = str(hparams_file) if name == key and hparams_file else source
+                found = checkpoint[name]
+                if isinstance(found, Mapping):  # what the caller passes is not used from it
+                    found = {k: v for k, v in found.items() if k not in kwargs}
+                check_checkpoint_hparams(found, where)
+                stored.update(found)
+        if "backbone" not in kwargs and "backbone" not in stored:
+            raise CheckpointError(
+                f"checkpoint {source} was trained with a custom backbone module, which is not "
+                "stored: pass it, ClassifierModule.load_from_checkpoint(path, backbone=module)"
+            )
+        hparams = dict(checkpoint.get(key) or {})
+        backbone_kwargs = hparams.get("backbone_kwargs")
+        if isinstance(backbone_kwargs, Mapping) and "weights" in backbone_kwargs:
+            # The state_dict supersedes them; loading them would read or download a file.
+            hparams["backbone_kwargs"] = {
+                k: v for k, v in backbone_kwargs.items() if k != "weights"
+            }
+        checkpoint[key] = {**hparams, **kwargs}
+
+        token = _LOADING.set((source, strict, hparams))
+        try:
+            model = _load_state(cls, checkpoint, strict=strict, **kwargs)
+        finally:
+            _LOADING.reset(token)
+        tensors = (t for t in checkpoint["state_dict"].values() if isinstance(t, Tensor))
+        device = next(tensors, torch.tensor(0)).device
+        return model.to(device)  # type: ignore[return-value]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 from collections.abc import Sequence
@@ -11,7 +12,28 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-__all__ = ["PredictionCSVWriter"]
+__all__ = ["PredictionCSVWriter", "PredictionWriteError", "readable_text"]
+
+
+class PredictionWriteError(OSError):
+    """The predictions CSV could not be written; the message names the file."""
+
+
+def readable_text(text: Any) -> str:
+    """``str(text)`` as valid UTF-8: bytes of a file name that are not UTF-8 become ``\\xNN``.
+
+    Linux file names are bytes, and Python hands back the undecodable ones as surrogate escapes
+    (``os.fsdecode(b"caf\\xe9") == "caf\\udce9"``), which no UTF-8 writer accepts. Those become
+    ``"caf\\\\xe9"`` (UTF-8 decoding with ``backslashreplace``, the same rule as
+    ``datamodules.files.display_name``); valid text is unchanged.
+    """
+    if isinstance(text, bytes):
+        return text.decode("utf-8", "backslashreplace")
+    text = str(text)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class PredictionCSVWriter(BasePredictionWriter):
@@ -22,6 +44,11 @@ class PredictionCSVWriter(BasePredictionWriter):
     them. The file is written to a temporary name and renamed when prediction ends, so an
     interrupted run leaves no half-written CSV behind; it defaults to ``predictions.csv`` in
     the run's log directory. Under DDP each rank writes its own part (``.rankN`` suffix).
+
+    The CSV is UTF-8. Paths and class names are written by :func:`readable_text`: a file name
+    that is not valid UTF-8 (``b"caf\\xe9.jpg"``) appears as ``caf\\xe9.jpg``, backslash and
+    hex digits, so every image gets its row. If writing fails, the temporary file is removed
+    and :class:`PredictionWriteError` names the CSV file.
     """
 
     def __init__(self, output_path: str | None = None) -> None:
@@ -54,26 +81,36 @@ class PredictionCSVWriter(BasePredictionWriter):
             paths = list(batch_indices or range(start, start + len(top_probs)))
         self._top_k = max(self._top_k, len(top_probs[0]) if top_probs else 0)
         for path, names, probs in zip(paths, labels, top_probs, strict=True):
-            row: list[Any] = [str(path)]
+            row: list[Any] = [readable_text(path)]
             for name, prob in zip(names, probs, strict=True):
-                row += [name, f"{prob:.6f}"]
+                row += [readable_text(name), f"{prob:.6f}"]
             self._rows.append(row)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         target = self._target(trainer)
-        target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".partial")
-        with open(partial, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            header = ["file"]
-            for rank in range(1, self._top_k + 1):
-                header += [f"class_{rank}", f"prob_{rank}"]
-            writer.writerow(header)
-            writer.writerows(self._rows)
-        os.replace(partial, target)
+        header = ["file"]
+        for rank in range(1, self._top_k + 1):
+            header += [f"class_{rank}", f"prob_{rank}"]
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(partial, "w", encoding="utf-8", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(header)
+                writer.writerows(self._rows)
+            os.replace(partial, target)
+        except BaseException as error:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            if not isinstance(error, Exception):  # KeyboardInterrupt and the like pass as they are
+                raise
+            raise PredictionWriteError(
+                f"could not write {len(self._rows)} predictions to {readable_text(target)}: "
+                f"{readable_text(error)}"
+            ) from error
         self.written_path = target
         if trainer.is_global_zero or trainer.world_size > 1:
-            print(f"wrote {len(self._rows)} predictions to {target}")
+            print(f"wrote {len(self._rows)} predictions to {readable_text(target)}")
 
     def _target(self, trainer: pl.Trainer) -> Path:
         if self.output_path is not None:

@@ -44,6 +44,8 @@ def make_dm(root: Path, **kwargs: object) -> ImageNetDataModule:
     kwargs.setdefault("num_workers", 0)
     kwargs.setdefault("batch_size", 4)
     kwargs.setdefault("cache_dir", str(root / ".cache"))
+    # The tiny archives cannot match the md5 of the official ones (tests/test_archives_hostile.py).
+    kwargs.setdefault("verify_archives", False)
     return ImageNetDataModule(str(root), **kwargs)  # type: ignore[arg-type]
 
 

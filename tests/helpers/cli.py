@@ -1,0 +1,79 @@
+"""Running the ``lit-classifiers`` command for real, as a subprocess, and reading what it wrote."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs"
+SCRIPT = Path(sys.executable).with_name("lit-classifiers")
+# Tiny digits run: 8x8 images, a few batches. Everything a real run writes, in seconds.
+TINY = [
+    "--model.backbone=resnet20",
+    "--data=DigitsDataModule",
+    "--data.image_size=8",
+    "--data.batch_size=32",
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=3",
+    "--trainer.limit_val_batches=2",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.log_every_n_steps=1",
+]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **extra}
+    env.pop("LIT_CLASSIFIERS_DEBUG", None)
+    env.pop("LIT_CLASSIFIERS_RUN_VERSION", None)
+    return env
+
+
+def run(
+    *args: str | Path, cwd: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion; with ``check``, fail the test with its stderr."""
+    command = [str(a) for a in args]
+    result = subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, env=env or cli_env(), timeout=300
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def start(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a command without waiting for it (``communicate()`` collects its output)."""
+    return subprocess.Popen(
+        [str(a) for a in args],
+        cwd=cwd,
+        env=env or cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], pattern: str) -> str:
+    """The command failed with exactly one ``error:`` line matching ``pattern``, no traceback."""
+    assert result.returncode != 0, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if re.search(r"\berror:", line)]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert re.search(pattern, errors[0]), errors[0]
+    return errors[0]
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def run_dirs(cwd: Path, name: str = "digits-resnet20") -> list[Path]:
+    return sorted((cwd / "runs" / name).glob("version_*"), key=lambda p: int(p.name[8:]))
