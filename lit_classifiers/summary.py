@@ -34,7 +34,8 @@ def count_macs(name: str, input_size: int | None = None, num_classes: int | None
 def backbone_summary(
     pattern: str | None = None, input_size: int | None = None, flops: bool = True
 ) -> list[dict[str, Any]]:
-    """One row per registered backbone matching ``pattern`` (fnmatch), in name order."""
+    """One row per registered backbone matching ``pattern`` (fnmatch), in natural name order;
+    ``num_params`` and ``gmacs`` are those of the default ``num_classes``."""
     rows = []
     for name in list_backbones(pattern):
         row = get_backbone_info(name).as_dict()
@@ -52,6 +53,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         ("name", "name", "{}"),
         ("family", "family", "{}"),
         ("params", "num_params", "{:,}"),
+        ("classes", "num_classes", "{}"),  # the params are counted at the default classes
         ("GMACs", "gmacs", "{:.3f}"),
         ("at", "flops_input_size", "{}"),
         ("min", "min_input_size", "{}"),

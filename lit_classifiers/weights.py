@@ -27,16 +27,24 @@ def load_weights(
     weights: str | os.PathLike[str],
     backbone_name: str,
     torchvision_name: str | None = None,
+    *,
+    classifier: str | None = None,
+    first_conv: str | None = None,
 ) -> None:
     """Load ``weights`` (a torchvision weights name or a file path) into ``model`` in place.
 
     ``backbone_name`` names the model in errors; ``torchvision_name`` is the torchvision model
-    whose weights a name such as ``"DEFAULT"`` refers to.
+    whose weights a name such as ``"DEFAULT"`` refers to. ``classifier`` and ``first_conv`` are
+    the dotted paths of the final linear layer and the first convolution (a backbone record's
+    entries); by default a :class:`~lit_classifiers.Backbone`'s ``classifier_name`` and
+    ``first_conv_name``. Without them, weights must match the model's shapes exactly.
     """
     state_dict = _fetch(weights, backbone_name, torchvision_name)
     own = model.state_dict()
-    classifier = getattr(model, "classifier_name", None)
-    first_conv = getattr(model, "first_conv_name", None)
+    if classifier is None:
+        classifier = getattr(model, "classifier_name", None)
+    if first_conv is None:
+        first_conv = getattr(model, "first_conv_name", None)
 
     dropped: set[str] = set()
     if classifier is not None:

@@ -1,4 +1,9 @@
-"""The architectures: torchvision equivalence, the papers' numbers, every option, every size."""
+"""The architectures: torchvision equivalence, the papers' numbers, every option, every size.
+
+Expected values come from outside the code under test: torchvision's models, and the papers
+(Krizhevsky et al. 2012; Simonyan & Zisserman 2014, arXiv:1409.1556; He et al. 2015,
+arXiv:1512.03385), quoted by section where they are used.
+"""
 
 import pytest
 import torch
@@ -6,76 +11,199 @@ import torchvision
 from torch import nn
 
 from lit_classifiers import create_backbone, get_backbone_info, list_backbones
-from lit_classifiers.models.alexnet import LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, AlexNet
+from lit_classifiers.models.alexnet import AlexNet
 
 ALL = list_backbones()
-WITH_TORCHVISION = [n for n in ALL if get_backbone_info(n).torchvision_name]
+IMAGENET_RESNETS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+CIFAR_RESNETS = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
+VGGS = ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]
+# Ours -> torchvision's model of the same architecture.
+TORCHVISION = {"alexnet_owt": "alexnet", **{n: n for n in IMAGENET_RESNETS + VGGS}}
 
 
 def test_every_family_is_registered():
     assert list_backbones("alexnet*") == ["alexnet", "alexnet_owt"]
-    assert len(list_backbones("vgg*")) == 8
-    assert list_backbones("resnet*") == sorted(
-        f"resnet{d}" for d in (18, 34, 50, 101, 152, 20, 32, 44, 56, 110)
-    )
-    assert len(WITH_TORCHVISION) == 1 + 8 + 5
+    assert list_backbones("vgg*") == VGGS
+    assert set(list_backbones("resnet*")) == set(IMAGENET_RESNETS + CIFAR_RESNETS)
+    assert {n: get_backbone_info(n).torchvision_name for n in ALL} == {
+        n: TORCHVISION.get(n) for n in ALL
+    }
 
 
-@pytest.mark.parametrize("name", WITH_TORCHVISION)
+@pytest.mark.parametrize("name", list(TORCHVISION))
 def test_matches_torchvision(name):
     """Same parameter count; torchvision's state_dict loads strictly and gives the same logits."""
     torch.manual_seed(0)
-    theirs = torchvision.models.get_model(get_backbone_info(name).torchvision_name).eval()
+    theirs = torchvision.models.get_model(TORCHVISION[name]).eval()
     ours = create_backbone(name).eval()
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
-    assert get_backbone_info(name).num_params == sum(p.numel() for p in theirs.parameters())
     ours.load_state_dict(theirs.state_dict(), strict=True)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert (ours(x) - theirs(x)).abs().max().item() <= 1e-5
 
 
+# Krizhevsky et al. 2012, Section 3.5 and Figure 2, run as one tower (the second, fourth and
+# fifth convolutions see all channels of the previous layer): (out, in, kernel) per
+# convolution, then the fully-connected layers, 6x6x256 = 9216 inputs to the first.
+ALEXNET_2012_CONVS = [(96, 3, 11), (256, 96, 5), (384, 256, 3), (384, 384, 3), (256, 384, 3)]
+ALEXNET_2012_FCS = [(4096, 9216), (4096, 4096), (1000, 4096)]
+
+
 def test_alexnet_2012_parameter_count():
+    expected = sum(out * inp * k * k + out for out, inp, k in ALEXNET_2012_CONVS)
+    expected += sum(out * inp + out for out, inp in ALEXNET_2012_FCS)
+    assert expected == 62_378_344
     model = create_backbone("alexnet")
-    assert sum(p.numel() for p in model.parameters()) == 62_378_344
-    assert get_backbone_info("alexnet").num_params == 62_378_344
+    assert sum(p.numel() for p in model.parameters()) == expected
+    assert get_backbone_info("alexnet").num_params == expected
 
 
-# Table 6 of He et al. 2015 gives 0.27M, 0.46M, 0.66M, 0.85M and 1.7M; these are the exact
-# counts of option-A networks with 10 classes.
-CIFAR_PARAMS = {
-    "resnet20": (269_722, 0.27),
-    "resnet32": (464_154, 0.46),
-    "resnet44": (658_586, 0.66),
-    "resnet56": (853_018, 0.85),
-    "resnet110": (1_727_962, 1.7),
+# He et al. 2015, Section 4.2: "The first layer is 3x3 convolutions. Then we use a stack of 6n
+# layers with 3x3 convolutions on the feature maps of sizes {32, 16, 8} respectively, with 2n
+# layers for each feature map size. The numbers of filters are {16, 32, 64} respectively. [...]
+# a global average pooling, a 10-way fully-connected layer" and "identity shortcuts in all
+# cases (i.e., option A)". Table 6 gives the parameter counts in millions.
+CIFAR_N = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18}
+CIFAR_TABLE_6_MILLIONS = {
+    "resnet20": 0.27,
+    "resnet32": 0.46,
+    "resnet44": 0.66,
+    "resnet56": 0.85,
+    "resnet110": 1.7,
 }
 
 
-@pytest.mark.parametrize("name", CIFAR_PARAMS)
+def _option_a_params(n: int, classes: int = 10) -> int:
+    """Section 4.2's network counted by hand: 3x3 convolutions without bias, each followed by a
+    BatchNorm (Section 3.4) of 2 parameters per channel; option-A shortcuts have none."""
+
+    def conv_bn(cin: int, cout: int) -> int:
+        return cin * cout * 9 + 2 * cout
+
+    total = conv_bn(3, 16)
+    for cin, cout in ((16, 16), (16, 32), (32, 64)):
+        total += conv_bn(cin, cout) + conv_bn(cout, cout)  # the stage's first block
+        total += (n - 1) * 2 * conv_bn(cout, cout)
+    return total + 64 * classes + classes
+
+
+@pytest.mark.parametrize("name", CIFAR_N)
 def test_small_image_resnet_parameter_counts(name):
-    exact, paper_millions = CIFAR_PARAMS[name]
-    count = sum(p.numel() for p in create_backbone(name, 10).parameters())
-    assert count == exact
+    n = CIFAR_N[name]
+    model = create_backbone(name, 10)
+    count = sum(p.numel() for p in model.parameters())
+    assert count == _option_a_params(n)
     digits = 1 if name == "resnet110" else 2
-    assert round(count / 1e6, digits) == paper_millions
-    depth = int(name.removeprefix("resnet"))
-    convs_and_fc = [
-        m for m in create_backbone(name, 10).modules() if isinstance(m, nn.Conv2d | nn.Linear)
-    ]
-    assert len(convs_and_fc) == depth  # 6n+2 weighted layers, parameter-free shortcuts
+    assert round(count / 1e6, digits) == CIFAR_TABLE_6_MILLIONS[name]
+    convs_and_fc = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    assert len(convs_and_fc) == 6 * n + 2 == int(name.removeprefix("resnet"))
 
 
-def test_alexnet_2012_structure():
+@pytest.mark.parametrize("name", ["resnet20", "resnet56"])
+def test_small_image_resnet_stages_are_the_papers(name):
+    """At 32x32: a 16-filter first layer, then 2n layers on 32x32 maps with 16 filters, 2n on
+    16x16 with 32 and 2n on 8x8 with 64, then global pooling and 10 outputs."""
+    model = create_backbone(name).eval()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    shapes = []
+    hooks = [c.register_forward_hook(lambda m, i, o: shapes.append(o.shape[1:])) for c in convs]
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    n = CIFAR_N[name]
+    expected = [(16, 32, 32)] * (1 + 2 * n) + [(32, 16, 16)] * (2 * n) + [(64, 8, 8)] * (2 * n)
+    assert [tuple(shape) for shape in shapes] == expected
+    assert all(c.kernel_size == (3, 3) for c in convs)
+    assert logits.shape == (1, 10)
+
+
+# He et al. 2015, Table 1: the kernels of a block's convolutions (two 3x3 in the 18- and
+# 34-layer networks, 1x1-3x3-1x1 bottlenecks from 50 layers), its output widths in stages
+# conv2_x to conv5_x, and the number of blocks per stage.
+BASIC = ([3, 3], [64, 128, 256, 512])
+BOTTLENECK = ([1, 3, 1], [256, 512, 1024, 2048])
+RESNET_TABLE_1 = {
+    "resnet18": (BASIC, [2, 2, 2, 2]),
+    "resnet34": (BASIC, [3, 4, 6, 3]),
+    "resnet50": (BOTTLENECK, [3, 4, 6, 3]),
+    "resnet101": (BOTTLENECK, [3, 4, 23, 3]),
+    "resnet152": (BOTTLENECK, [3, 8, 36, 3]),
+}
+
+
+@pytest.mark.parametrize("name", RESNET_TABLE_1)
+def test_imagenet_resnet_stages_are_table_1(name):
+    with torch.device("meta"):
+        model = create_backbone(name)
+    stages = [model.layer1, model.layer2, model.layer3, model.layer4]
+    (kernels, widths), blocks = RESNET_TABLE_1[name]
+    assert [len(stage) for stage in stages] == blocks
+    for stage, width in zip(stages, widths, strict=True):
+        for block in stage:
+            convs = [m for n, m in block.named_children() if isinstance(m, nn.Conv2d)]
+            assert [c.kernel_size[0] for c in convs] == kernels
+            assert convs[-1].out_channels == width
+
+
+# The 2012 network's layers in order. Section 3.3: LRN is "applied after applying the ReLU
+# nonlinearity"; Section 3.5: "Response-normalization layers follow the first and second
+# convolutional layers. Max-pooling layers [...] follow both response-normalization layers as
+# well as the fifth convolutional layer. The ReLU non-linearity is applied to the output of
+# every convolutional and fully-connected layer." and "The third, fourth, and fifth
+# convolutional layers are connected to one another without any intervening pooling or
+# normalization layers."
+ALEXNET_2012_FEATURES = [
+    *("conv", "relu", "lrn", "maxpool"),
+    *("conv", "relu", "lrn", "maxpool"),
+    *("conv", "relu", "conv", "relu", "conv", "relu", "maxpool"),
+]
+# Section 4.2: dropout sets "to zero the output of each hidden neuron with probability 0.5";
+# "We use dropout in the first two fully-connected layers".
+ALEXNET_2012_HEAD = ["fc", "relu", "dropout", "fc", "relu", "dropout", "fc"]
+LAYER_KINDS = {
+    nn.Conv2d: "conv",
+    nn.ReLU: "relu",
+    nn.LocalResponseNorm: "lrn",
+    nn.MaxPool2d: "maxpool",
+    nn.Linear: "fc",
+    nn.Dropout: "dropout",
+}
+
+
+def _kinds(layers: nn.Sequential) -> list[str]:
+    return [LAYER_KINDS[type(layer)] for layer in layers]
+
+
+def test_alexnet_2012_layer_order_is_the_papers():
     model = create_backbone("alexnet")
+    assert _kinds(model.features) == ALEXNET_2012_FEATURES
     convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
-    assert [c.out_channels for c in convs] == [96, 256, 384, 384, 256]
-    assert convs[0].kernel_size == (11, 11) and convs[0].stride == (4, 4)
-    assert sum(isinstance(m, nn.LocalResponseNorm) for m in model.features) == 2
+    assert [(c.out_channels, c.in_channels, c.kernel_size[0]) for c in convs] == (
+        ALEXNET_2012_CONVS
+    )
+    assert convs[0].stride == (4, 4)  # "with a stride of 4 pixels"
+    # Section 3.4: overlapping pooling, "s = 2 and z = 3".
     pools = [m for m in model.features if isinstance(m, nn.MaxPool2d)]
-    assert all(p.kernel_size == 3 and p.stride == 2 for p in pools) and len(pools) == 3
-    # 227x227 gives the paper's 6x6x256 = 9216 features before the classifier.
+    assert all(p.kernel_size == 3 and p.stride == 2 for p in pools)
+    linears = [m for m in model.classifier if isinstance(m, nn.Linear)]
+    assert [(fc.out_features, fc.in_features) for fc in linears] == ALEXNET_2012_FCS
+    assert [k for k in _kinds(model.classifier) if k != "dropout"] == [
+        k for k in ALEXNET_2012_HEAD if k != "dropout"
+    ]
+    assert [m.p for m in model.classifier if isinstance(m, nn.Dropout)] == [0.5, 0.5]
+    # 227x227 gives the paper's 6x6x256 = 9216 features before the head.
     assert model.features(torch.randn(1, 3, 227, 227)).shape == (1, 256, 6, 6)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known deviation: dropout sits before fc6 and fc7 (torchvision's order), the paper "
+    "drops their outputs; left for the issue that changes the architecture",
+)
+def test_alexnet_2012_dropout_follows_fc6_and_fc7():
+    assert _kinds(create_backbone("alexnet").classifier) == ALEXNET_2012_HEAD
 
 
 def test_alexnet_2012_paper_initialisation():
@@ -89,17 +217,32 @@ def test_alexnet_2012_paper_initialisation():
         assert abs(layer.weight.mean().item()) < 0.002
 
 
+def _papers_lrn(a: torch.Tensor) -> torch.Tensor:
+    """Section 3.3, written out: b^i = a^i / (k + alpha * sum_j (a^j)^2)^beta with j from
+    max(0, i - n/2) to min(N - 1, i + n/2), and "k = 2, n = 5, alpha = 10^-4, and beta = 0.75"."""
+    k, n, alpha, beta = 2.0, 5, 1e-4, 0.75
+    channels = a.shape[1]
+    b = torch.empty_like(a)
+    for i in range(channels):
+        window = a[:, max(0, i - n // 2) : min(channels - 1, i + n // 2) + 1]
+        b[:, i] = a[:, i] / (k + alpha * window.pow(2).sum(1)).pow(beta)
+    return b
+
+
 def test_alexnet_lrn_is_the_papers_formula():
-    """b = a / (k + alpha * sum over 5 neighbouring channels of a^2)^beta, alpha=1e-4."""
-    lrn = next(
-        m for m in create_backbone("alexnet").features if isinstance(m, nn.LocalResponseNorm)
+    lrns = [m for m in create_backbone("alexnet").features if isinstance(m, nn.LocalResponseNorm)]
+    torch.manual_seed(0)
+    # ReLU outputs at the scale where k and the sum both matter (alpha * sum of a^2 is about
+    # k at a ~ 60), and a channel of zeros whose neighbours still normalise each other.
+    a = (
+        torch.relu(torch.randn(2, 12, 5, 5))
+        * torch.tensor([1.0, 30.0, 100.0]).repeat(4)[:, None, None]
     )
-    a = torch.randn(2, 12, 5, 5) * 30
-    half = LRN_SIZE // 2
-    padded = nn.functional.pad(a.pow(2), (0, 0, 0, 0, half, half))
-    window_sums = torch.stack([padded[:, c : c + LRN_SIZE].sum(1) for c in range(a.shape[1])], 1)
-    expected = a / (LRN_K + LRN_ALPHA * window_sums).pow(LRN_BETA)
-    torch.testing.assert_close(lrn(a), expected)
+    a[:, 5] = 0
+    expected = _papers_lrn(a)
+    assert len(lrns) == 2
+    for lrn in lrns:
+        torch.testing.assert_close(lrn(a), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 from lit_classifiers import create_backbone
-from lit_classifiers.weights import adapt_input_conv
+from lit_classifiers.weights import adapt_input_conv, load_weights
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +129,26 @@ def test_weights_files_never_run_code(tmp_path):
     with pytest.raises(ValueError, match="evil.pt.*weights_only=True"):
         create_backbone("resnet18", weights=tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+def test_paths_given_for_a_network_without_the_backbone_api(tmp_path):
+    """A registry record's ``classifier`` and ``first_conv`` serve any nn.Module, not only
+    lit_classifiers' Backbones: other classes and other input channels still load."""
+
+    def net(num_classes: int, in_channels: int) -> torch.nn.Module:
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(in_channels, 4, 3),
+            torch.nn.Flatten(),
+            torch.nn.Linear(4, num_classes),
+        )
+
+    torch.manual_seed(3)
+    trained = net(10, 3)
+    torch.save(trained.state_dict(), tmp_path / "net.pt")
+    model = net(2, 1)
+    with pytest.raises(ValueError, match=r"do not fit backbone 'net'.*shape mismatch 0\.weight"):
+        load_weights(model, tmp_path / "net.pt", "net")
+    load_weights(model, tmp_path / "net.pt", "net", classifier="2", first_conv="0")
+    torch.testing.assert_close(model[0].weight, trained[0].weight.sum(1, keepdim=True))
+    assert torch.equal(model[0].bias, trained[0].bias)
+    assert model[2].weight.shape == (2, 4)

@@ -1,52 +1,13 @@
-"""Built-in architectures; importing this package registers them."""
+"""Built-in architectures, one file per family; importing this package registers them.
 
-from lit_classifiers.models.alexnet import AlexNet, alexnet, alexnet_owt
-from lit_classifiers.models.base import Backbone
-from lit_classifiers.models.resnet import ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
-from lit_classifiers.models.resnet_cifar import (
-    CifarResNet,
-    resnet20,
-    resnet32,
-    resnet44,
-    resnet56,
-    resnet110,
-)
-from lit_classifiers.models.vgg import (
-    VGG,
-    vgg11,
-    vgg11_bn,
-    vgg13,
-    vgg13_bn,
-    vgg16,
-    vgg16_bn,
-    vgg19,
-    vgg19_bn,
-)
+Each family file holds a ``BACKBONES`` table (one record of facts per variant) and one
+``@register_backbone`` builder per variant, which the decorator adds to the file's
+``__all__``; the star imports below make every builder ``lit_classifiers.models.<name>``.
+A new family is a new file and one import line here.
+"""
 
-__all__ = [
-    "VGG",
-    "AlexNet",
-    "Backbone",
-    "CifarResNet",
-    "ResNet",
-    "alexnet",
-    "alexnet_owt",
-    "resnet18",
-    "resnet20",
-    "resnet32",
-    "resnet34",
-    "resnet44",
-    "resnet50",
-    "resnet56",
-    "resnet101",
-    "resnet110",
-    "resnet152",
-    "vgg11",
-    "vgg11_bn",
-    "vgg13",
-    "vgg13_bn",
-    "vgg16",
-    "vgg16_bn",
-    "vgg19",
-    "vgg19_bn",
-]
+from lit_classifiers.models.alexnet import *  # noqa: F403
+from lit_classifiers.models.base import Backbone as Backbone
+from lit_classifiers.models.resnet import *  # noqa: F403
+from lit_classifiers.models.resnet_cifar import *  # noqa: F403
+from lit_classifiers.models.vgg import *  # noqa: F403

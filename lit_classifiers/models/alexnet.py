@@ -9,14 +9,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lit_classifiers.models.base import Backbone
-from lit_classifiers.registry import Paper, register_backbone
+from lit_classifiers.registry import BackboneInfo, Paper, get_backbone_info, register_backbone
 
-__all__ = ["AlexNet", "AlexNetConfig", "alexnet", "alexnet_owt"]
+__all__ = ["AlexNet", "AlexNetConfig"]  # and every builder, added by @register_backbone
 
 ALEXNET_2012 = Paper(
     "ImageNet Classification with Deep Convolutional Neural Networks",
@@ -30,6 +31,29 @@ ALEXNET_2014 = Paper(
     authors="Krizhevsky",
 )
 
+# The facts of each variant (see lit_classifiers.registry). The minimum side is where the
+# three 3x3/2 max pools still have a 3x3 window: the last pool needs 3 pixels, so the second
+# pool's output needs 3 and its input 7, the first pool's output 7 and its input 15; the
+# stride-4 11x11 convolution must output 15: (15 - 1) * 4 + 11 - 2 * padding pixels, 67
+# without padding, 63 with torchvision's padding of 2 (torchvision's min_size for alexnet).
+BACKBONES = {
+    "alexnet": BackboneInfo(
+        paper=ALEXNET_2012,
+        default_input_size=227,
+        min_input_size=67,
+        classifier="classifier.6",
+        first_conv="features.0",
+    ),
+    "alexnet_owt": BackboneInfo(
+        paper=ALEXNET_2014,
+        default_input_size=224,
+        min_input_size=63,
+        classifier="classifier.6",
+        first_conv="features.0",
+        torchvision_name="alexnet",
+    ),
+}
+
 
 @dataclass(frozen=True)
 class AlexNetConfig:
@@ -41,19 +65,10 @@ class AlexNetConfig:
     paper_init: bool
 
 
-# The paper's LRN: b = a / (k + alpha * sum(a^2))^beta with n=5, k=2, alpha=1e-4, beta=0.75.
-# torch.nn.LocalResponseNorm divides alpha by the window size, so it needs alpha * n to
-# compute the paper's formula.
+# The paper's LRN (Section 3.3): b = a / (k + alpha * sum(a^2))^beta, the sum over n adjacent
+# channels, with n=5, k=2, alpha=1e-4, beta=0.75. torch.nn.LocalResponseNorm divides alpha by
+# the window size, so it needs alpha * n to compute the paper's formula.
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
-
-CONFIGS = {
-    "alexnet": AlexNetConfig(
-        (96, 256, 384, 384, 256), first_padding=0, local_response_norm=True, paper_init=True
-    ),
-    "alexnet_owt": AlexNetConfig(
-        (64, 192, 384, 256, 256), first_padding=2, local_response_norm=False, paper_init=False
-    ),
-}
 
 
 def paper_local_response_norm() -> nn.LocalResponseNorm:
@@ -61,19 +76,22 @@ def paper_local_response_norm() -> nn.LocalResponseNorm:
 
 
 class AlexNet(Backbone):
-    """AlexNet, laid out as torchvision's ``alexnet`` (``features``, ``avgpool``, ``classifier``)
-    so state_dicts line up.
+    """AlexNet, laid out as torchvision's ``alexnet`` (``features``, ``avgpool``, and the head
+    ``classifier``) so state_dicts line up.
 
     ``alexnet`` (Krizhevsky et al. 2012): 96-256-384-384-256 channels, 11x11 stride-4 first
-    convolution (no padding, made for 227x227 inputs), ReLU, LRN after the first two
-    convolutions, overlapping 3x3/2 max pooling, a dropout-0.5 classifier 9216-4096-4096-C.
-    Where it differs from the paper:
+    convolution (no padding, made for 227x227 inputs), ReLU after every layer, LRN after the
+    ReLU of the first two convolutions and before their overlapping 3x3/2 max pools (Sections
+    3.3 to 3.5), a max pool after the fifth, and a head of three linear layers 9216-4096-4096-C
+    with dropout 0.5. Where it differs from the paper:
 
     - The paper's two GPU towers are run as one network: the second, fourth and fifth
       convolutions see all channels of the previous layer instead of their own tower's half.
       That is what gives 62,378,344 parameters for 1000 classes.
-    - An adaptive 6x6 average pooling precedes the classifier. At 227x227 it is the identity;
-      it lets the network run on any input of at least 67x67.
+    - An adaptive 6x6 average pooling precedes the head. At 227x227 it is the identity; it
+      lets the network run on any input of at least 67x67.
+    - Dropout sits before fc6 and fc7, as in torchvision; the paper (Section 4.2) drops the
+      outputs of fc6 and fc7 instead.
     - Initialisation follows Section 5 of the paper: weights from N(0, 0.01), biases 1 in the
       second, fourth and fifth convolutions and in the hidden fully-connected layers, 0
       elsewhere.
@@ -82,23 +100,21 @@ class AlexNet(Backbone):
     identical to torchvision's ``alexnet`` including PyTorch's default initialisation.
     """
 
-    classifier_name = "classifier.6"
-    first_conv_name = "features.0"
-
     def __init__(
         self,
-        config: AlexNetConfig,
         name: str,
-        num_classes: int = 1000,
+        config: AlexNetConfig,
+        num_classes: int | None = None,
         in_channels: int = 3,
         dropout: float = 0.5,
     ) -> None:
-        super().__init__(name)
+        record = get_backbone_info(name)
+        super().__init__(record)
+        num_classes = record.num_classes if num_classes is None else num_classes
         c1, c2, c3, c4, c5 = config.channels
         self.config = config
         self.in_channels = in_channels
         self.num_features = 4096
-        self.min_input_size = _min_input_size(config.first_padding)
 
         def norm() -> list[nn.Module]:
             return [paper_local_response_norm()] if config.local_response_norm else []
@@ -154,22 +170,19 @@ class AlexNet(Backbone):
         return x
 
 
-def _min_input_size(first_padding: int) -> int:
-    """Smallest side for which the three 3x3/2 max pools still have a 3x3 window to pool.
-
-    The last pool needs 3 pixels, so the second pool's output needs 3 and its input 7, the
-    first pool's output 7 and its input 15: the stride-4 11x11 convolution must output 15.
-    """
-    return (15 - 1) * 4 + 11 - 2 * first_padding
-
-
-@register_backbone(paper=ALEXNET_2012, default_input_size=227)
-def alexnet(num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> AlexNet:
+@register_backbone
+def alexnet(**kwargs: Any) -> AlexNet:
     """AlexNet as in Krizhevsky et al. 2012, with LRN (see :class:`AlexNet`)."""
-    return AlexNet(CONFIGS["alexnet"], "alexnet", num_classes, in_channels, dropout)
+    config = AlexNetConfig(
+        (96, 256, 384, 384, 256), first_padding=0, local_response_norm=True, paper_init=True
+    )
+    return AlexNet("alexnet", config, **kwargs)
 
 
-@register_backbone(paper=ALEXNET_2014, default_input_size=224, torchvision_name="alexnet")
-def alexnet_owt(num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> AlexNet:
+@register_backbone
+def alexnet_owt(**kwargs: Any) -> AlexNet:
     """The single-tower AlexNet of "One weird trick" (torchvision's ``alexnet``)."""
-    return AlexNet(CONFIGS["alexnet_owt"], "alexnet_owt", num_classes, in_channels, dropout)
+    config = AlexNetConfig(
+        (64, 192, 384, 256, 256), first_padding=2, local_response_norm=False, paper_init=False
+    )
+    return AlexNet("alexnet_owt", config, **kwargs)

@@ -1,13 +1,25 @@
-"""What every lit-classifiers backbone offers beyond ``forward``.
+"""What every lit-classifiers backbone offers beyond ``forward``, and the names of its parts.
 
-A backbone is ``forward_features`` (image to the vector the classifier reads) followed by a
-final linear layer, the *classifier*. Fine-tuning and the training module rely on that split:
-``num_features``, ``forward_features``, ``get_classifier`` and ``reset_classifier``.
+- The *backbone* is the whole registered network.
+- The *classifier* is its final linear layer (``num_features -> num_classes``): what
+  :meth:`Backbone.get_classifier` returns and :meth:`Backbone.reset_classifier` replaces. A
+  backbone's record names it (``"fc"``, ``"classifier.6"``).
+- The *body* is everything but the classifier: :meth:`Backbone.forward_features` runs it.
+
+VGG and AlexNet keep torchvision's attribute name ``classifier`` for the block of three linear
+layers at their end (fc6, fc7 and fc8, with ReLU and dropout), because their state_dict keys
+must be torchvision's (``classifier.6.weight``, ...). In these docs that block is their *head*;
+their classifier is its last layer, ``classifier.6``, and fc6 and fc7 belong to the body.
+
+Fine-tuning and the training module rely on that split: ``num_features``,
+``forward_features``, ``get_classifier`` and ``reset_classifier``.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
+
+from lit_classifiers.registry import BackboneInfo
 
 __all__ = ["Backbone"]
 
@@ -15,24 +27,33 @@ __all__ = ["Backbone"]
 class Backbone(nn.Module):
     """Base class of the registered networks.
 
-    Subclasses set ``num_features``, ``min_input_size``, ``in_channels`` and
-    ``classifier_name`` (the dotted path of the final ``nn.Linear``, e.g. ``"fc"`` or
-    ``"classifier.6"``, kept at torchvision's place so state_dicts line up) and implement
+    A registered family passes its variant's record (:class:`~lit_classifiers.BackboneInfo`)
+    to ``__init__``, which takes ``name``, ``min_input_size``, ``classifier_name`` and
+    ``first_conv_name`` from it. A network without a record passes its name and sets those
+    itself. Subclasses set ``in_channels`` and ``num_features`` and implement
     ``forward_features``.
     """
 
-    num_features: int
-    min_input_size: int
+    name: str
     in_channels: int
+    num_features: int
+    min_input_size: int = 1
     classifier_name: str
-    first_conv_name: str
+    first_conv_name: str | None = None
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str | BackboneInfo) -> None:
         super().__init__()
+        if isinstance(name, BackboneInfo):
+            record = name
+            name = record.name
+            self.min_input_size = record.min_input_size
+            if record.classifier is not None:
+                self.classifier_name = record.classifier
+            self.first_conv_name = record.first_conv
         self.name = name
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """The ``(N, num_features)`` vector the classifier reads."""
+        """The body: the ``(N, num_features)`` vector the classifier reads."""
         raise NotImplementedError
 
     def forward_head(self, features: Tensor) -> Tensor:
@@ -62,6 +83,7 @@ class Backbone(nn.Module):
             )
 
     def get_classifier(self) -> nn.Linear:
+        """The classifier: the final linear layer, at ``classifier_name``."""
         return self.get_submodule(self.classifier_name)
 
     def reset_classifier(self, num_classes: int) -> None:

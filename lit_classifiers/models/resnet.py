@@ -9,24 +9,15 @@ them; v1.5 is about 0.5% more accurate at the same parameter count). Projection 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lit_classifiers.models.base import Backbone
-from lit_classifiers.registry import Paper, register_backbone
+from lit_classifiers.registry import BackboneInfo, Paper, get_backbone_info, register_backbone
 
-__all__ = [
-    "BasicBlock",
-    "Bottleneck",
-    "ResNet",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet"]  # and every builder, added by @register_backbone
 
 RESNET_PAPER = Paper(
     "Deep Residual Learning for Image Recognition",
@@ -34,6 +25,29 @@ RESNET_PAPER = Paper(
     arxiv="1512.03385",
     authors="He, Zhang, Ren, Sun",
 )
+
+
+def _record(torchvision_name: str) -> BackboneInfo:
+    # The minimum is the total stride, 32: below it the last stage would convolve nothing but
+    # padding (torchvision accepts any size).
+    return BackboneInfo(
+        paper=RESNET_PAPER,
+        default_input_size=224,
+        min_input_size=32,
+        classifier="fc",
+        first_conv="conv1",
+        torchvision_name=torchvision_name,
+    )
+
+
+# The facts of each variant (see lit_classifiers.registry).
+BACKBONES = {
+    "resnet18": _record(torchvision_name="resnet18"),
+    "resnet34": _record(torchvision_name="resnet34"),
+    "resnet50": _record(torchvision_name="resnet50"),
+    "resnet101": _record(torchvision_name="resnet101"),
+    "resnet152": _record(torchvision_name="resnet152"),
+}
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -101,23 +115,6 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-@dataclass(frozen=True)
-class ResNetConfig:
-    """A row of the paper's Table 1: the block type and the number of blocks per stage."""
-
-    block: type[BasicBlock] | type[Bottleneck]
-    layers: tuple[int, int, int, int]
-
-
-CONFIGS = {
-    "resnet18": ResNetConfig(BasicBlock, (2, 2, 2, 2)),
-    "resnet34": ResNetConfig(BasicBlock, (3, 4, 6, 3)),
-    "resnet50": ResNetConfig(Bottleneck, (3, 4, 6, 3)),
-    "resnet101": ResNetConfig(Bottleneck, (3, 4, 23, 3)),
-    "resnet152": ResNetConfig(Bottleneck, (3, 8, 36, 3)),
-}
-
-
 def init_resnet_weights(model: nn.Module, zero_init_residual: bool) -> None:
     """He-normal convolutions (the paper's reference [13]), BatchNorm at identity.
 
@@ -139,38 +136,36 @@ def init_resnet_weights(model: nn.Module, zero_init_residual: bool) -> None:
 class ResNet(Backbone):
     """The ImageNet ResNets, laid out as torchvision's so state_dicts line up.
 
-    Where it differs from the paper: the v1.5 bottleneck (see the module docstring); an
-    optional ``dropout`` before the classifier (0 by default: the paper has none). The
-    classifier keeps PyTorch's default initialisation, as torchvision's does.
-    ``min_input_size`` is the total stride, 32: below it the last stage would convolve
-    nothing but padding.
+    ``block`` and ``layers`` are a row of the paper's Table 1: the block type and the number
+    of blocks in each of the four stages. Where it differs from the paper: the v1.5
+    bottleneck (see the module docstring); an optional ``dropout`` before the classifier (0 by
+    default: the paper has none). The classifier keeps PyTorch's default initialisation, as
+    torchvision's does.
     """
-
-    classifier_name = "fc"
-    first_conv_name = "conv1"
 
     def __init__(
         self,
-        config: ResNetConfig,
         name: str,
-        num_classes: int = 1000,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: tuple[int, int, int, int],
+        num_classes: int | None = None,
         in_channels: int = 3,
         zero_init_residual: bool = False,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__(name)
+        record = get_backbone_info(name)
+        super().__init__(record)
+        num_classes = record.num_classes if num_classes is None else num_classes
         self.in_channels = in_channels
-        self.min_input_size = 32
         self.inplanes = 64
         self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        block = config.block
-        self.layer1 = self._make_stage(block, 64, config.layers[0])
-        self.layer2 = self._make_stage(block, 128, config.layers[1], stride=2)
-        self.layer3 = self._make_stage(block, 256, config.layers[2], stride=2)
-        self.layer4 = self._make_stage(block, 512, config.layers[3], stride=2)
+        self.layer1 = self._make_stage(block, 64, layers[0])
+        self.layer2 = self._make_stage(block, 128, layers[1], stride=2)
+        self.layer3 = self._make_stage(block, 256, layers[2], stride=2)
+        self.layer4 = self._make_stage(block, 512, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.num_features = 512 * block.expansion
         self.head_drop = nn.Dropout(dropout)
@@ -203,72 +198,31 @@ class ResNet(Backbone):
         return self.fc(self.head_drop(features))
 
 
-def _resnet(
-    name: str,
-    num_classes: int,
-    in_channels: int,
-    zero_init_residual: bool,
-    dropout: float,
-) -> ResNet:
-    return ResNet(CONFIGS[name], name, num_classes, in_channels, zero_init_residual, dropout)
-
-
-def _register(name: str):
-    return register_backbone(
-        paper=RESNET_PAPER, default_input_size=224, family="resnet", torchvision_name=name
-    )
-
-
-@_register("resnet18")
-def resnet18(
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    zero_init_residual: bool = False,
-    dropout: float = 0.0,
-) -> ResNet:
+@register_backbone
+def resnet18(**kwargs: Any) -> ResNet:
     """ResNet-18 (basic blocks 2-2-2-2)."""
-    return _resnet("resnet18", num_classes, in_channels, zero_init_residual, dropout)
+    return ResNet("resnet18", BasicBlock, (2, 2, 2, 2), **kwargs)
 
 
-@_register("resnet34")
-def resnet34(
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    zero_init_residual: bool = False,
-    dropout: float = 0.0,
-) -> ResNet:
+@register_backbone
+def resnet34(**kwargs: Any) -> ResNet:
     """ResNet-34 (basic blocks 3-4-6-3)."""
-    return _resnet("resnet34", num_classes, in_channels, zero_init_residual, dropout)
+    return ResNet("resnet34", BasicBlock, (3, 4, 6, 3), **kwargs)
 
 
-@_register("resnet50")
-def resnet50(
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    zero_init_residual: bool = False,
-    dropout: float = 0.0,
-) -> ResNet:
+@register_backbone
+def resnet50(**kwargs: Any) -> ResNet:
     """ResNet-50 (bottleneck blocks 3-4-6-3)."""
-    return _resnet("resnet50", num_classes, in_channels, zero_init_residual, dropout)
+    return ResNet("resnet50", Bottleneck, (3, 4, 6, 3), **kwargs)
 
 
-@_register("resnet101")
-def resnet101(
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    zero_init_residual: bool = False,
-    dropout: float = 0.0,
-) -> ResNet:
+@register_backbone
+def resnet101(**kwargs: Any) -> ResNet:
     """ResNet-101 (bottleneck blocks 3-4-23-3)."""
-    return _resnet("resnet101", num_classes, in_channels, zero_init_residual, dropout)
+    return ResNet("resnet101", Bottleneck, (3, 4, 23, 3), **kwargs)
 
 
-@_register("resnet152")
-def resnet152(
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    zero_init_residual: bool = False,
-    dropout: float = 0.0,
-) -> ResNet:
+@register_backbone
+def resnet152(**kwargs: Any) -> ResNet:
     """ResNet-152 (bottleneck blocks 3-8-36-3)."""
-    return _resnet("resnet152", num_classes, in_channels, zero_init_residual, dropout)
+    return ResNet("resnet152", Bottleneck, (3, 8, 36, 3), **kwargs)

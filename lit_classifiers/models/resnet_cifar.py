@@ -10,15 +10,39 @@ for ResNet-110, with 10 classes).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_classifiers.models.base import Backbone
 from lit_classifiers.models.resnet import RESNET_PAPER, BasicBlock, conv3x3, init_resnet_weights
-from lit_classifiers.registry import register_backbone
+from lit_classifiers.registry import BackboneInfo, get_backbone_info, register_backbone
 
-__all__ = ["CifarResNet", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
+__all__ = ["CifarResNet"]  # and every builder, added by @register_backbone
+
+
+def _record() -> BackboneInfo:
+    # Built for CIFAR-10 (10 classes, 32x32); the minimum is the total stride, 4.
+    return BackboneInfo(
+        paper=RESNET_PAPER,
+        default_input_size=32,
+        min_input_size=4,
+        num_classes=10,
+        classifier="fc",
+        first_conv="conv1",
+    )
+
+
+# The facts of each variant (see lit_classifiers.registry).
+BACKBONES = {
+    "resnet20": _record(),
+    "resnet32": _record(),
+    "resnet44": _record(),
+    "resnet56": _record(),
+    "resnet110": _record(),
+}
 
 
 class ZeroPadShortcut(nn.Module):
@@ -35,27 +59,25 @@ class ZeroPadShortcut(nn.Module):
 
 
 class CifarResNet(Backbone):
-    """ResNet-(6n+2) for small images.
+    """ResNet-(6n+2) for small images, ``n = blocks_per_stage``.
 
     Where it differs from the paper: nothing in the architecture; the optional ``dropout``
-    before the classifier is 0 by default. ``min_input_size`` is the total stride, 4.
+    before the classifier is 0 by default.
     """
-
-    classifier_name = "fc"
-    first_conv_name = "conv1"
 
     def __init__(
         self,
-        blocks_per_stage: int,
         name: str,
-        num_classes: int = 10,
+        blocks_per_stage: int,
+        num_classes: int | None = None,
         in_channels: int = 3,
         zero_init_residual: bool = False,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__(name)
+        record = get_backbone_info(name)
+        super().__init__(record)
+        num_classes = record.num_classes if num_classes is None else num_classes
         self.in_channels = in_channels
-        self.min_input_size = 4
         self.conv1 = conv3x3(in_channels, 16)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)
@@ -89,69 +111,31 @@ class CifarResNet(Backbone):
         return self.fc(self.head_drop(features))
 
 
-def _register():
-    return register_backbone(paper=RESNET_PAPER, default_input_size=32, family="resnet_cifar")
-
-
-def _cifar_resnet(
-    depth: int, num_classes: int, in_channels: int, zero_init_residual: bool, dropout: float
-) -> CifarResNet:
-    blocks_per_stage = (depth - 2) // 6
-    return CifarResNet(
-        blocks_per_stage, f"resnet{depth}", num_classes, in_channels, zero_init_residual, dropout
-    )
-
-
-@_register()
-def resnet20(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    zero_init_residual: bool = False,
-    dropout: float = 0.0,
-) -> CifarResNet:
+@register_backbone
+def resnet20(**kwargs: Any) -> CifarResNet:
     """ResNet-20 (n=3), 0.27M parameters."""
-    return _cifar_resnet(20, num_classes, in_channels, zero_init_residual, dropout)
+    return CifarResNet("resnet20", blocks_per_stage=3, **kwargs)
 
 
-@_register()
-def resnet32(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    zero_init_residual: bool = False,
-    dropout: float = 0.0,
-) -> CifarResNet:
+@register_backbone
+def resnet32(**kwargs: Any) -> CifarResNet:
     """ResNet-32 (n=5), 0.46M parameters."""
-    return _cifar_resnet(32, num_classes, in_channels, zero_init_residual, dropout)
+    return CifarResNet("resnet32", blocks_per_stage=5, **kwargs)
 
 
-@_register()
-def resnet44(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    zero_init_residual: bool = False,
-    dropout: float = 0.0,
-) -> CifarResNet:
+@register_backbone
+def resnet44(**kwargs: Any) -> CifarResNet:
     """ResNet-44 (n=7), 0.66M parameters."""
-    return _cifar_resnet(44, num_classes, in_channels, zero_init_residual, dropout)
+    return CifarResNet("resnet44", blocks_per_stage=7, **kwargs)
 
 
-@_register()
-def resnet56(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    zero_init_residual: bool = False,
-    dropout: float = 0.0,
-) -> CifarResNet:
+@register_backbone
+def resnet56(**kwargs: Any) -> CifarResNet:
     """ResNet-56 (n=9), 0.85M parameters."""
-    return _cifar_resnet(56, num_classes, in_channels, zero_init_residual, dropout)
+    return CifarResNet("resnet56", blocks_per_stage=9, **kwargs)
 
 
-@_register()
-def resnet110(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    zero_init_residual: bool = False,
-    dropout: float = 0.0,
-) -> CifarResNet:
+@register_backbone
+def resnet110(**kwargs: Any) -> CifarResNet:
     """ResNet-110 (n=18), 1.7M parameters."""
-    return _cifar_resnet(110, num_classes, in_channels, zero_init_residual, dropout)
+    return CifarResNet("resnet110", blocks_per_stage=18, **kwargs)

@@ -8,25 +8,15 @@ convolution (not in the paper; torchvision's models of the same names).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from lit_classifiers.models.base import Backbone
-from lit_classifiers.registry import Paper, register_backbone
+from lit_classifiers.registry import BackboneInfo, Paper, get_backbone_info, register_backbone
 
-__all__ = [
-    "VGG",
-    "vgg11",
-    "vgg11_bn",
-    "vgg13",
-    "vgg13_bn",
-    "vgg16",
-    "vgg16_bn",
-    "vgg19",
-    "vgg19_bn",
-]
+__all__ = ["VGG"]  # and every builder, added by @register_backbone
 
 VGG_PAPER = Paper(
     "Very Deep Convolutional Networks for Large-Scale Image Recognition",
@@ -34,6 +24,31 @@ VGG_PAPER = Paper(
     arxiv="1409.1556",
     authors="Simonyan, Zisserman",
 )
+
+
+def _record(torchvision_name: str) -> BackboneInfo:
+    # The five 2x2 pools need 32 pixels (torchvision's min_size for VGG as well).
+    return BackboneInfo(
+        paper=VGG_PAPER,
+        default_input_size=224,
+        min_input_size=32,
+        classifier="classifier.6",
+        first_conv="features.0",
+        torchvision_name=torchvision_name,
+    )
+
+
+# The facts of each variant (see lit_classifiers.registry).
+BACKBONES = {
+    "vgg11": _record(torchvision_name="vgg11"),
+    "vgg13": _record(torchvision_name="vgg13"),
+    "vgg16": _record(torchvision_name="vgg16"),
+    "vgg19": _record(torchvision_name="vgg19"),
+    "vgg11_bn": _record(torchvision_name="vgg11_bn"),
+    "vgg13_bn": _record(torchvision_name="vgg13_bn"),
+    "vgg16_bn": _record(torchvision_name="vgg16_bn"),
+    "vgg19_bn": _record(torchvision_name="vgg19_bn"),
+}
 
 MaxPool = Literal["M"]
 
@@ -50,34 +65,32 @@ CONFIGS: dict[str, list[int | MaxPool]] = {
 
 
 class VGG(Backbone):
-    """VGG, laid out as torchvision's (``features``, ``avgpool``, ``classifier``).
+    """VGG, laid out as torchvision's (``features``, ``avgpool``, and the head ``classifier``).
 
     Where it differs from the paper:
 
     - The paper evaluates densely (the fully-connected layers turned into convolutions); here
-      an adaptive 7x7 average pooling precedes the classifier instead, so any input of at
-      least 32x32 (the five 2x2 pools) works and is flattened per sample. The founding
+      an adaptive 7x7 average pooling precedes the head instead, so any input of at least
+      32x32 (the five 2x2 pools) works and is flattened per sample. The founding
       document's ``x.view(-1, 512*7*7)`` mixed the samples of a batch at any size but 224.
     - Initialisation is torchvision's (He-normal convolutions, N(0, 0.01) linear layers), not
       the paper's staged training of deeper configurations from configuration A.
     """
 
-    classifier_name = "classifier.6"
-    first_conv_name = "features.0"
-
     def __init__(
         self,
-        config: list[int | MaxPool],
         name: str,
-        num_classes: int = 1000,
+        config: list[int | MaxPool],
+        num_classes: int | None = None,
         in_channels: int = 3,
         batch_norm: bool = False,
         dropout: float = 0.5,
     ) -> None:
-        super().__init__(name)
+        record = get_backbone_info(name)
+        super().__init__(record)
+        num_classes = record.num_classes if num_classes is None else num_classes
         self.in_channels = in_channels
         self.num_features = 4096
-        self.min_input_size = 2 ** config.count("M")
         self.features = _make_features(config, in_channels, batch_norm)
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(
@@ -123,61 +136,49 @@ def _make_features(
     return nn.Sequential(*layers)
 
 
-def _vgg(
-    name: str, config: str, batch_norm: bool, num_classes: int, in_channels: int, dropout: float
-) -> VGG:
-    return VGG(CONFIGS[config], name, num_classes, in_channels, batch_norm, dropout)
-
-
-def _register(name: str):
-    return register_backbone(
-        paper=VGG_PAPER, default_input_size=224, family="vgg", torchvision_name=name
-    )
-
-
-@_register("vgg11")
-def vgg11(num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> VGG:
+@register_backbone
+def vgg11(**kwargs: Any) -> VGG:
     """VGG configuration A (11 weight layers)."""
-    return _vgg("vgg11", "A", False, num_classes, in_channels, dropout)
+    return VGG("vgg11", CONFIGS["A"], **kwargs)
 
 
-@_register("vgg13")
-def vgg13(num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> VGG:
+@register_backbone
+def vgg13(**kwargs: Any) -> VGG:
     """VGG configuration B (13 weight layers)."""
-    return _vgg("vgg13", "B", False, num_classes, in_channels, dropout)
+    return VGG("vgg13", CONFIGS["B"], **kwargs)
 
 
-@_register("vgg16")
-def vgg16(num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> VGG:
+@register_backbone
+def vgg16(**kwargs: Any) -> VGG:
     """VGG configuration D (16 weight layers)."""
-    return _vgg("vgg16", "D", False, num_classes, in_channels, dropout)
+    return VGG("vgg16", CONFIGS["D"], **kwargs)
 
 
-@_register("vgg19")
-def vgg19(num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> VGG:
+@register_backbone
+def vgg19(**kwargs: Any) -> VGG:
     """VGG configuration E (19 weight layers)."""
-    return _vgg("vgg19", "E", False, num_classes, in_channels, dropout)
+    return VGG("vgg19", CONFIGS["E"], **kwargs)
 
 
-@_register("vgg11_bn")
-def vgg11_bn(num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> VGG:
+@register_backbone
+def vgg11_bn(**kwargs: Any) -> VGG:
     """VGG configuration A with BatchNorm."""
-    return _vgg("vgg11_bn", "A", True, num_classes, in_channels, dropout)
+    return VGG("vgg11_bn", CONFIGS["A"], batch_norm=True, **kwargs)
 
 
-@_register("vgg13_bn")
-def vgg13_bn(num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> VGG:
+@register_backbone
+def vgg13_bn(**kwargs: Any) -> VGG:
     """VGG configuration B with BatchNorm."""
-    return _vgg("vgg13_bn", "B", True, num_classes, in_channels, dropout)
+    return VGG("vgg13_bn", CONFIGS["B"], batch_norm=True, **kwargs)
 
 
-@_register("vgg16_bn")
-def vgg16_bn(num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> VGG:
+@register_backbone
+def vgg16_bn(**kwargs: Any) -> VGG:
     """VGG configuration D with BatchNorm."""
-    return _vgg("vgg16_bn", "D", True, num_classes, in_channels, dropout)
+    return VGG("vgg16_bn", CONFIGS["D"], batch_norm=True, **kwargs)
 
 
-@_register("vgg19_bn")
-def vgg19_bn(num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> VGG:
+@register_backbone
+def vgg19_bn(**kwargs: Any) -> VGG:
     """VGG configuration E with BatchNorm."""
-    return _vgg("vgg19_bn", "E", True, num_classes, in_channels, dropout)
+    return VGG("vgg19_bn", CONFIGS["E"], batch_norm=True, **kwargs)
