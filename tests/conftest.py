@@ -1,7 +1,10 @@
-"""Shared pytest settings. Per-area fixtures live in their own ``*_fixtures.py`` modules."""
+"""Shared pytest settings and fixtures. Helper functions (tiny datasets in their on-disk formats,
+tiny networks, running the CLI) live in the ``helpers`` package beside this file."""
 
 import os
+from pathlib import Path
 
+import pytest
 import torch
 
 # One compute thread per test process under pytest-xdist (and for the subprocesses tests start):
@@ -13,3 +16,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 else:
     os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="session")
+def fitted_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The working folder of one short CLI ``fit`` on the digits, whose run is
+    ``runs/digits-resnet20/version_0``. Shared by the tests of a worker: read it, do not change it.
+    """
+    from helpers.cli import SCRIPT, TINY, run
+
+    cwd = tmp_path_factory.mktemp("fitted_run")
+    run(SCRIPT, "fit", *TINY, cwd=cwd)
+    return cwd

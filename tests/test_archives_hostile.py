@@ -17,7 +17,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from datamodule_fixtures import (
+from helpers.data import (
     jpeg_bytes,
     make_archives,
     make_tar,

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.modules import NUM_CLASSES, TinyNet, make_loader, make_trainer, sgd
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import AsyncCheckpointIO
-from module_fixtures import NUM_CLASSES, TinyNet, make_loader, make_trainer, sgd
 
 from lit_classifiers.checkpoint_io import (
     CheckpointError,

@@ -3,71 +3,24 @@
 from __future__ import annotations
 
 import csv
-import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
-from datamodule_fixtures import write_stl10
+from helpers.cli import CONFIGS, REPO, SCRIPT, TINY, run, run_dirs, scalars
+from helpers.data import write_stl10
 from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from datamodules import DigitsDataModule
 from lit_classifiers import ClassifierModule, list_backbones
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
-SCRIPT = Path(sys.executable).with_name("lit-classifiers")
-# Tiny digits run: 8x8 images, a few batches. Everything a real run writes, in seconds.
-TINY = [
-    "--model.backbone=resnet20",
-    "--data=DigitsDataModule",
-    "--data.image_size=8",
-    "--data.batch_size=32",
-    "--trainer.max_epochs=1",
-    "--trainer.limit_train_batches=3",
-    "--trainer.limit_val_batches=2",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.log_every_n_steps=1",
-]
 
-
-def run(*args: str | Path, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    command = [str(a) for a in args]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result
-
-
-def scalars(run_dir: Path) -> dict[str, list[float]]:
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-
-
-def run_dirs(cwd: Path) -> list[Path]:
-    return sorted(
-        (cwd / "runs" / "digits-resnet20").glob("version_*"), key=lambda p: int(p.name[8:])
-    )
-
-
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory) -> Path:
-    """One short ``fit`` whose outputs the tests below inspect."""
-    cwd = tmp_path_factory.mktemp("fit")
-    run(SCRIPT, "fit", *TINY, cwd=cwd)
-    return cwd
-
-
-def test_fit_writes_checkpoint_config_and_tensorboard_events(fitted):
-    (run_dir,) = run_dirs(fitted)
+def test_fit_writes_checkpoint_config_and_tensorboard_events(fitted_run):
+    (run_dir,) = run_dirs(fitted_run)
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     best = [p for p in (run_dir / "checkpoints").glob("epoch*.ckpt")]
     assert len(best) == 1 and re.fullmatch(r"epoch000-acc1_\d\.\d{4}\.ckpt", best[0].name)
@@ -86,30 +39,17 @@ def test_fit_writes_checkpoint_config_and_tensorboard_events(fitted):
 
 
 def test_same_command_twice_starts_a_new_run_folder(tmp_path):
-    run(
-        SCRIPT,
-        "fit",
-        *TINY,
-        "--trainer.limit_train_batches=1",
-        "--trainer.limit_val_batches=1",
-        cwd=tmp_path,
-    )
-    run(
-        SCRIPT,
-        "fit",
-        *TINY,
-        "--trainer.limit_train_batches=1",
-        "--trainer.limit_val_batches=1",
-        cwd=tmp_path,
-    )
+    args = [*TINY, "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]
+    for _ in range(2):
+        run(SCRIPT, "fit", *args, cwd=tmp_path)
     assert [p.name for p in run_dirs(tmp_path)] == ["version_0", "version_1"]
     assert all((p / "config.yaml").is_file() for p in run_dirs(tmp_path))
 
 
-def test_validate_from_checkpoint_reproduces_the_fit_metrics(fitted, tmp_path):
-    (fit_dir,) = run_dirs(fitted)
+def test_validate_from_checkpoint_reproduces_the_fit_metrics(fitted_run, tmp_path):
+    (fit_dir,) = run_dirs(fitted_run)
     ckpt = fit_dir / "checkpoints" / "last.ckpt"
-    shutil.copytree(fitted / "runs", tmp_path / "runs")
+    shutil.copytree(fitted_run / "runs", tmp_path / "runs")
     run(SCRIPT, "validate", "--config", fit_dir / "config.yaml", "--ckpt_path", ckpt, cwd=tmp_path)
     validate_dir = run_dirs(tmp_path)[-1]
     assert validate_dir != tmp_path / "runs" / "digits-resnet20" / fit_dir.name
@@ -118,8 +58,8 @@ def test_validate_from_checkpoint_reproduces_the_fit_metrics(fitted, tmp_path):
         assert validate_metrics[name][-1] == pytest.approx(fit_metrics[name][-1], abs=1e-6)
 
 
-def test_test_from_checkpoint_matches_the_checkpoint_evaluated_in_python(fitted, tmp_path):
-    (fit_dir,) = run_dirs(fitted)
+def test_test_from_checkpoint_matches_the_checkpoint_evaluated_in_python(fitted_run, tmp_path):
+    (fit_dir,) = run_dirs(fitted_run)
     ckpt = fit_dir / "checkpoints" / "last.ckpt"
     run(SCRIPT, "test", "--config", fit_dir / "config.yaml", "--ckpt_path", ckpt, cwd=tmp_path)
     cli_metrics = scalars(run_dirs(tmp_path)[-1])
@@ -131,8 +71,8 @@ def test_test_from_checkpoint_matches_the_checkpoint_evaluated_in_python(fitted,
     assert cli_metrics["test/loss"][-1] == pytest.approx(expected["test/loss"], rel=1e-5)
 
 
-def test_predict_on_a_folder_writes_a_csv(fitted, tmp_path):
-    (fit_dir,) = run_dirs(fitted)
+def test_predict_on_a_folder_writes_a_csv(fitted_run, tmp_path):
+    (fit_dir,) = run_dirs(fitted_run)
     images = tmp_path / "photos"
     (images / "nested").mkdir(parents=True)
     for k, name in enumerate(["a.png", "b.jpg", "nested/c.png"]):

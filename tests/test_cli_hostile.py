@@ -41,16 +41,8 @@ class CreatesFile:
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The folder of one short ``fit`` (its run is ``runs/digits-resnet20/version_0``)."""
-    cwd = tmp_path_factory.mktemp("fit")
-    run(SCRIPT, "fit", *TINY, cwd=cwd)
-    return cwd
-
-
-@pytest.fixture(scope="module")
-def good_checkpoint(fitted: Path) -> Path:
-    return run_dirs(fitted)[0] / "checkpoints" / "last.ckpt"
+def good_checkpoint(fitted_run: Path) -> Path:
+    return run_dirs(fitted_run)[0] / "checkpoints" / "last.ckpt"
 
 
 def edited_checkpoint(source: Path, target: Path, **hparams: object) -> Path:
@@ -106,14 +98,14 @@ def test_checkpoint_url_never_runs_code_in_any_subcommand(
 
 
 def test_good_checkpoint_url_is_loaded(
-    good_checkpoint: Path, http_folder: tuple[Path, str], fitted: Path, tmp_path: Path
+    good_checkpoint: Path, http_folder: tuple[Path, str], fitted_run: Path, tmp_path: Path
 ) -> None:
     served, base = http_folder
     (served / "good.ckpt").write_bytes(good_checkpoint.read_bytes())
     env = cli_env(TORCH_HOME=str(tmp_path / "torch_home"))
     run(SCRIPT, "validate", *TINY, "--ckpt_path", f"{base}/good.ckpt", cwd=tmp_path, env=env)
     from_url = scalars(run_dirs(tmp_path)[-1])["val/acc1"][-1]
-    assert from_url == pytest.approx(scalars(run_dirs(fitted)[0])["val/acc1"][-1], abs=1e-6)
+    assert from_url == pytest.approx(scalars(run_dirs(fitted_run)[0])["val/acc1"][-1], abs=1e-6)
     assert not list((tmp_path / "torch_home").rglob("*.ckpt"))
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datamodule_fixtures import (
+from helpers.data import (
     backdate,
     cmyk_jpeg_bytes,
     gray_jpeg_bytes,

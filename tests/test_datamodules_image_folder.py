@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from datamodule_fixtures import CLASS_COLORS, jpeg_bytes, png_bytes, write
+from helpers.data import CLASS_COLORS, jpeg_bytes, png_bytes, write
 
 from datamodules import ImageFolderDataModule
 from datamodules.imagenet import IMAGENET_MEAN, IMAGENET_STD

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datamodule_fixtures import (
+from helpers.data import (
     CLASS_COLORS,
     ILSVRC_IDS,
     VAL_WNIDS,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datamodule_fixtures import STL10_NAMES, add_to_tar, write_stl10
+from helpers.data import STL10_NAMES, add_to_tar, write_stl10
 from torch.utils.data import DistributedSampler
 
 from datamodules import STL10DataModule

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
-from module_fixtures import (
+from helpers.modules import (
     CLASS_NAMES,
     NUM_CLASSES,
     SIZE,
@@ -20,6 +18,8 @@ from module_fixtures import (
     sequential_net,
     sgd,
 )
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 from torch.utils.data import DataLoader, Dataset

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from module_fixtures import CLASS_NAMES, NUM_CLASSES, TinyNet, make_loader, make_trainer
+from helpers.modules import CLASS_NAMES, NUM_CLASSES, TinyNet, make_loader, make_trainer
 
 from lit_classifiers.module import ClassifierModule
 
-FIXTURES = Path(__file__).with_name("module_fixtures.py")
+FIXTURES = Path(__file__).parent / "helpers" / "modules.py"
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.modules import NUM_CLASSES, TinyNet, make_loader, make_tensors, make_trainer, sgd
 from lightning.pytorch.callbacks import Callback
-from module_fixtures import NUM_CLASSES, TinyNet, make_loader, make_tensors, make_trainer, sgd
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau, StepLR
 from torchvision.transforms import v2

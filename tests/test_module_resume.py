@@ -7,8 +7,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers.modules import NUM_CLASSES, AugmentedDataset, TinyNet, make_loader, make_trainer, sgd
 from lightning.pytorch.callbacks import ModelCheckpoint
-from module_fixtures import NUM_CLASSES, AugmentedDataset, TinyNet, make_loader, make_trainer, sgd
 from torch.utils.data import DataLoader
 
 from lit_classifiers.module import ClassifierModule

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from module_fixtures import (
+from helpers.modules import (
     NUM_CLASSES,
     TinyDataModule,
     TinyNet,
@@ -19,6 +18,7 @@ from module_fixtures import (
     sequential_net,
     sgd,
 )
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lit_classifiers.callbacks import NonFiniteLossError
 from lit_classifiers.module import ClassifierModule

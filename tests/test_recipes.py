@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from datamodule_fixtures import make_folder_layout, write_stl10
+from helpers.data import make_folder_layout, write_stl10
 
 from lit_classifiers.cli import cli_main
 from lit_classifiers.models.base import Backbone
