@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.datasets import FileImageDataset, OnBadImage, SkipCollate
 from datamodules.files import default_cache_dirs, index_images
+from datamodules.info import DatasetInfo
 from datamodules.transforms import (
     CenterCropDecode,
     RandomResizedCropDecode,
@@ -74,6 +75,11 @@ class ImageClassificationDataModule(LightningDataModule):
         seed: Seed of every random split, so all DDP ranks agree on the splits.
         predict_dir: A folder whose images (found recursively, sorted) ``predict_dataloader``
             yields as ``(images, paths)`` with the evaluation transform.
+
+    A subclass implements :meth:`_resolve_info` (its :class:`~datamodules.info.DatasetInfo`)
+    and :meth:`_build_datasets`, and sets ``train_transform`` and ``eval_transform`` in its
+    ``__init__``: each a callable applied to every image of its splits, or ``None`` for "leave
+    the image as it is".
     """
 
     #: What to do with an undecodable file: "error" (raise naming it) or "skip" (warn, drop it).
@@ -107,40 +113,65 @@ class ImageClassificationDataModule(LightningDataModule):
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
         self._built = False
+        self._info: DatasetInfo | None = None
+        self.train_transform: Callable[[Any], Tensor] | None = None
+        self.eval_transform: Callable[[Any], Tensor] | None = None
         self._normalization: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
 
     # ------------------------------------------------------------------ dataset facts
     @property
+    def info(self) -> DatasetInfo:
+        """What this datamodule serves (:class:`~datamodules.info.DatasetInfo`), resolved on
+        first access and then fixed: the model, the CLI and the callbacks all read this one
+        object. Whatever goes wrong while resolving it is raised, every time it is asked for."""
+        if self._info is None:
+            info = self._resolve_info()
+            if not isinstance(info, DatasetInfo):
+                raise TypeError(
+                    f"{type(self).__name__}._resolve_info() must return a DatasetInfo, got "
+                    f"{type(info).__name__}"
+                )
+            self._info = info
+        return self._info
+
+    def _resolve_info(self) -> DatasetInfo:
+        """Work out the :class:`DatasetInfo`; called once, by :attr:`info`."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement _resolve_info() returning a DatasetInfo"
+        )
+
+    # Read-only views of ``info``: users, LightningCLI links and older code read these names.
+    @property
     def class_names(self) -> list[str]:
-        raise NotImplementedError
+        return list(self.info.class_names)
 
     @property
     def num_classes(self) -> int:
-        return len(self.class_names)
+        return self.info.num_classes
 
     @property
     def in_channels(self) -> int:
-        return 3
+        return self.info.in_channels
 
     @property
     def image_size(self) -> int:
-        """Side of the (square) training crop the loaders produce."""
-        raise NotImplementedError
+        """Side of the (square) images the loaders produce."""
+        return self.info.image_size
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        """Per-channel mean in [0, 1] units, subtracted by :meth:`normalize`."""
+        return self.info.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        """Per-channel standard deviation in [0, 1] units, divided out by :meth:`normalize`."""
+        return self.info.std
 
     @property
     def eval_resize_size(self) -> int:
         """Shorter-side resize before the evaluation centre crop (files only)."""
         return default_resize_size(self.image_size)
-
-    @property
-    def mean(self) -> tuple[float, ...]:
-        """Per-channel mean in [0, 1] units, subtracted by :meth:`normalize`."""
-        raise NotImplementedError
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        """Per-channel standard deviation in [0, 1] units, divided out by :meth:`normalize`."""
-        raise NotImplementedError
 
     def _default_num_workers(self) -> int:
         return default_num_workers()
@@ -305,16 +336,15 @@ class FileImageDataModule(ImageClassificationDataModule):
         self.on_bad_image = on_bad_image
         self.cache_dir = cache_dir
         self._image_size = image_size
+        eval_crop = CenterCropDecode(image_size, eval_resize)  # checks eval_resize
+        self._eval_resize_size = eval_crop.resize_size
+        # Files need decoding, so here neither transform is ever None.
         self.train_transform = RandomResizedCropDecode(image_size, scale=(min_scale, 1.0))
-        self.eval_transform = CenterCropDecode(image_size, eval_resize)  # checks eval_resize
-
-    @property
-    def image_size(self) -> int:
-        return self._image_size
+        self.eval_transform = eval_crop
 
     @property
     def eval_resize_size(self) -> int:
-        return self.eval_transform.resize_size
+        return self._eval_resize_size
 
     def _cache_dirs(self) -> list[Path]:
         return [Path(self.cache_dir)] if self.cache_dir else default_cache_dirs(self.data_dir)
@@ -322,5 +352,11 @@ class FileImageDataModule(ImageClassificationDataModule):
     def _file_dataset(
         self, root: str | Path, paths: np.ndarray, labels: np.ndarray, train: bool
     ) -> FileImageDataset:
-        transform = self.train_transform if train else self.eval_transform
+        name = "train_transform" if train else "eval_transform"
+        transform = getattr(self, name)
+        if transform is None:
+            raise ValueError(
+                f"{type(self).__name__}.{name} is None, but image files must be decoded: set it "
+                "to a callable path -> (C, H, W) uint8 tensor"
+            )
         return FileImageDataset(root, paths, labels, transform, self.on_bad_image)

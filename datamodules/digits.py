@@ -17,7 +17,8 @@ from torchvision.transforms import v2
 
 from datamodules.base import ImageClassificationDataModule, check_image_size
 from datamodules.datasets import ArrayImageDataset
-from datamodules.splits import resolve_split_size, stratified_split
+from datamodules.info import DatasetInfo
+from datamodules.splits import check_split_size, resolve_split_size, stratified_split
 
 __all__ = ["DigitsDataModule"]
 
@@ -86,9 +87,13 @@ class DigitsDataModule(ImageClassificationDataModule):
         )
         check_image_size(image_size)
         self._image_size = image_size
-        self.val_split = val_split
-        self.test_split = test_split
+        self.val_split = check_split_size(val_split, "val_split")
+        self.test_split = check_split_size(test_split, "test_split")
         self.augment = augment
+        self.train_transform = (
+            v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)) if augment else None
+        )
+        self.eval_transform = None  # the images are stored at their final size
         self.save_hyperparameters()
 
     def _default_num_workers(self) -> int:
@@ -98,39 +103,29 @@ class DigitsDataModule(ImageClassificationDataModule):
     def data(self) -> _DigitsData:
         return _DigitsData(self._image_size, self.val_split, self.test_split, self.seed)
 
-    @property
-    def class_names(self) -> list[str]:
-        return [str(digit) for digit in range(10)]
-
-    @property
-    def in_channels(self) -> int:
-        return 1
-
-    @property
-    def image_size(self) -> int:
-        return self._image_size
+    def _resolve_info(self) -> DatasetInfo:
+        data = self.data  # mean and std are measured on the training split
+        return DatasetInfo(
+            name="digits",
+            class_names=tuple(str(digit) for digit in range(10)),
+            in_channels=1,
+            image_size=self._image_size,
+            mean=data.mean,
+            std=data.std,
+        )
 
     @property
     def eval_resize_size(self) -> int:
         return self._image_size
 
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return self.data.mean
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return self.data.std
-
-    def train_transform(self) -> v2.Transform | None:
-        if not self.augment:
-            return None
-        return v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))
-
     def _build_datasets(self) -> None:
         data = self.data
         self.train_dataset = ArrayImageDataset(
-            data.images, data.labels, data.train_indices, self.train_transform()
+            data.images, data.labels, data.train_indices, self.train_transform
         )
-        self.val_dataset = ArrayImageDataset(data.images, data.labels, data.val_indices)
-        self.test_dataset = ArrayImageDataset(data.images, data.labels, data.test_indices)
+        self.val_dataset = ArrayImageDataset(
+            data.images, data.labels, data.val_indices, self.eval_transform
+        )
+        self.test_dataset = ArrayImageDataset(
+            data.images, data.labels, data.test_indices, self.eval_transform
+        )

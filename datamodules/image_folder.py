@@ -17,7 +17,8 @@ from datamodules.files import (
     list_class_dirs,
 )
 from datamodules.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from datamodules.splits import resolve_split_size, stratified_split
+from datamodules.info import DatasetInfo
+from datamodules.splits import check_split_size, resolve_split_size, stratified_split
 
 __all__ = ["ImageFolderDataModule"]
 
@@ -91,19 +92,31 @@ class ImageFolderDataModule(FileImageDataModule):
                 raise ValueError(f"{name} must be 3 non-negative floats (R, G, B), got {value!r}")
         if std is not None and any(v == 0 for v in std):
             raise ValueError(f"std must be positive, got {std!r}")
-        resolve_split_size(val_split, 2**62)  # type check; the size is checked in setup
-        self.val_split = val_split
+        self.val_split = check_split_size(val_split, "val_split")  # its size is checked in setup
         self._mean = tuple(float(v) for v in mean) if mean is not None else IMAGENET_MEAN
         self._std = tuple(float(v) for v in std) if std is not None else IMAGENET_STD
+        self._folders: list[str] | None = None
         self.save_hyperparameters()
 
-    @property
-    def class_names(self) -> list[str]:
-        """The class folders' names as valid UTF-8 text, in label order."""
-        return [display_name(folder) for folder in self._class_folders()]
+    def _resolve_info(self) -> DatasetInfo:
+        # Class names are the folders' names as valid UTF-8 text, in label order.
+        return DatasetInfo(
+            name="imagefolder",
+            class_names=tuple(display_name(folder) for folder in self._class_folders()),
+            in_channels=3,
+            image_size=self._image_size,
+            mean=self._mean,
+            std=self._std,
+        )
 
     def _class_folders(self) -> list[str]:
-        """The class folders' exact names (``os.fsdecode`` form), in label order."""
+        """The class folders' exact names (``os.fsdecode`` form), in label order, listed once:
+        the labels of every split are positions in this one list."""
+        if self._folders is None:
+            self._folders = self._list_class_folders()
+        return list(self._folders)
+
+    def _list_class_folders(self) -> list[str]:
         train_dir = Path(self.data_dir) / "train"
         shown = display_name(os.fspath(train_dir))
         folders = list_class_dirs(train_dir)
@@ -119,14 +132,6 @@ class ImageFolderDataModule(FileImageDataModule):
             )
         return folders
 
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return self._mean
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return self._std
-
     def _missing_split_message(self, name: str) -> str:
         folder = display_name(os.fspath(Path(self.data_dir) / name))
         return f"no {name} split: create {folder}/<class>/ with images"
@@ -134,9 +139,16 @@ class ImageFolderDataModule(FileImageDataModule):
     def _split_samples(self, split: str, classes: list[str]) -> tuple[Path, np.ndarray, np.ndarray]:
         folder = Path(self.data_dir) / split
         found = list_class_dirs(folder)
+        missing = [display_name(c) for c in sorted(set(classes) - set(found))]
+        extra = [display_name(c) for c in sorted(set(found) - set(classes))]
+        if split == "train" and found != classes:
+            # The labels the model was given are positions in the list read before.
+            raise ValueError(
+                f"{display_name(os.fspath(folder))}: the class folders changed after the "
+                f"classes were read (now {len(found)} folders, {len(classes)} classes; gone "
+                f"{missing}, new {extra}); make a new datamodule to read them afresh"
+            )
         if found != classes:
-            missing = [display_name(c) for c in sorted(set(classes) - set(found))]
-            extra = [display_name(c) for c in sorted(set(found) - set(classes))]
             train_dir = display_name(os.fspath(Path(self.data_dir) / "train"))
             raise ValueError(
                 f"{display_name(os.fspath(folder))} has different class folders than {train_dir}: "

@@ -16,33 +16,55 @@ up; class names are the first name of each synset, from ``meta.mat`` or
 ``LOC_synset_mapping.txt`` (ImageNet has a few duplicates, e.g. two "crane"s and two "maillot"s;
 the wnids in :attr:`ImageNetDataModule.wnids` are unique).
 
-The classic devkit bug this module avoids: ``ILSVRC2012_validation_ground_truth.txt`` holds
+The classic devkit bug avoided here: ``ILSVRC2012_validation_ground_truth.txt`` holds
 ILSVRC2012_IDs (the devkit's own 1..1000 numbering), not indices into the sorted wnids. They
 are mapped ID -> wnid through ``meta.mat`` and only then to the sorted index.
+
+The label files are read in :mod:`datamodules.imagenet_files` and the archives unpacked in
+:mod:`datamodules.imagenet_archives`; their public names are importable from here too.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import os
-import re
-import shutil
-import tarfile
-from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path, PurePosixPath
-from typing import IO, Literal
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 
-from datamodules.archives import extract_tar, safe_folder_name, verify_md5
 from datamodules.base import FileImageDataModule
 from datamodules.files import class_tree_samples, index_images, list_class_dirs
-from datamodules.splits import resolve_split_size, stratified_split
+from datamodules.imagenet_archives import (
+    ARCHIVE_MD5,
+    prepare_train_archive,
+    prepare_val_archive,
+    verify_archive,
+)
+from datamodules.imagenet_files import (
+    DEVKIT_ARCHIVE,
+    DEVKIT_FOLDER,
+    DOWNLOAD_PAGE,
+    KAGGLE_FOLDER,
+    SYNSET_MAPPING,
+    TRAIN_ARCHIVE,
+    VAL_ARCHIVE,
+    VAL_SOLUTION,
+    Devkit,
+    ImageNetLayout,
+    detect_layout,
+    parse_meta_mat,
+    read_devkit,
+    read_synset_mapping,
+    read_val_solution,
+    val_number,
+)
+from datamodules.info import DatasetInfo
+from datamodules.splits import check_split_size, resolve_split_size, stratified_split
 
 __all__ = [
+    "ARCHIVE_MD5",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Devkit",
@@ -59,294 +81,6 @@ __all__ = [
 # torchvision's pretrained weights valid.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-TRAIN_ARCHIVE = "ILSVRC2012_img_train.tar"
-VAL_ARCHIVE = "ILSVRC2012_img_val.tar"
-DEVKIT_ARCHIVE = "ILSVRC2012_devkit_t12.tar.gz"
-DEVKIT_FOLDER = "ILSVRC2012_devkit_t12"
-META_MEMBER = f"{DEVKIT_FOLDER}/data/meta.mat"
-VAL_GROUND_TRUTH_MEMBER = f"{DEVKIT_FOLDER}/data/ILSVRC2012_validation_ground_truth.txt"
-KAGGLE_FOLDER = Path("ILSVRC", "Data", "CLS-LOC")
-SYNSET_MAPPING = "LOC_synset_mapping.txt"
-VAL_SOLUTION = "LOC_val_solution.csv"
-DOWNLOAD_PAGE = "https://image-net.org/challenges/LSVRC/2012/2012-downloads.php"
-# The published md5 of each official archive, as in torchvision's ARCHIVE_META
-# (pytorch/vision, torchvision/datasets/imagenet.py; the same values in torchvision 0.29.1).
-ARCHIVE_MD5 = {
-    TRAIN_ARCHIVE: "1d675b47d978889d74fa0da5fadfb00e",
-    VAL_ARCHIVE: "29b22e2961454d5413ddabcf34fc5622",
-    DEVKIT_ARCHIVE: "fa75699e90414af021442c21a62c3abf",
-}
-
-_VAL_NUMBER = re.compile(r"ILSVRC2012_val_(\d+)")
-
-
-# ---------------------------------------------------------------------------- label files
-@dataclass(frozen=True)
-class Devkit:
-    """What the devkit says: the 1,000 leaf synsets and the validation ground truth."""
-
-    source: Path
-    wnids_by_id: dict[int, str]  # ILSVRC2012_ID -> wnid, leaf synsets only
-    names: dict[str, tuple[str, ...]]  # wnid -> synonyms, first is the class name
-    val_ids: tuple[int, ...]  # ILSVRC2012_ID of ILSVRC2012_val_{k+1:08d}
-
-    def val_wnids(self) -> dict[int, str]:
-        """Validation image number (1-based, as in its file name) -> wnid."""
-        labels: dict[int, str] = {}
-        for number, ilsvrc_id in enumerate(self.val_ids, start=1):
-            if ilsvrc_id not in self.wnids_by_id:
-                raise ValueError(
-                    f"{self.source}: validation ground truth line {number} is ILSVRC2012_ID "
-                    f"{ilsvrc_id}, which is not one of the leaf synsets in meta.mat"
-                )
-            labels[number] = self.wnids_by_id[ilsvrc_id]
-        return labels
-
-
-def _scalar(value: object) -> object:
-    array = np.asarray(value)
-    return array.item() if array.size == 1 else array
-
-
-def parse_meta_mat(
-    fileobj: IO[bytes], source: str | Path
-) -> tuple[dict[int, str], dict[str, tuple[str, ...]]]:
-    """(ILSVRC2012_ID -> wnid, wnid -> names) for the leaf synsets of a devkit ``meta.mat``.
-
-    ``meta.mat`` lists 1,860 synsets of the WordNet hierarchy; the 1,000 classes are the leaves
-    (``num_children == 0``).
-    """
-    import scipy.io  # deferred: only devkit users pay for importing scipy
-
-    try:
-        synsets = np.atleast_1d(scipy.io.loadmat(fileobj, squeeze_me=True)["synsets"]).ravel()
-        fields = {
-            name: synsets[name] for name in ("ILSVRC2012_ID", "WNID", "words", "num_children")
-        }
-    except (KeyError, ValueError, TypeError, OSError) as err:
-        raise ValueError(
-            f"{source} is not a devkit meta.mat (expected a 'synsets' struct array with fields "
-            f"ILSVRC2012_ID, WNID, words, num_children): {err}"
-        ) from err
-    wnids_by_id: dict[int, str] = {}
-    names: dict[str, tuple[str, ...]] = {}
-    for ilsvrc_id, wnid, words, children in zip(*fields.values(), strict=True):
-        if int(_scalar(children)) != 0:  # type: ignore[call-overload]
-            continue
-        wnid = str(_scalar(wnid))
-        wnids_by_id[int(_scalar(ilsvrc_id))] = wnid  # type: ignore[call-overload]
-        names[wnid] = tuple(w.strip() for w in str(_scalar(words)).split(","))
-    if not wnids_by_id:
-        raise ValueError(f"{source} lists no leaf synsets (num_children == 0)")
-    return wnids_by_id, names
-
-
-def _parse_ground_truth(text: str, source: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(line) for line in text.split())
-    except ValueError as err:
-        raise ValueError(f"{source}: expected one ILSVRC2012_ID per line ({err})") from err
-
-
-def read_devkit(path: str | Path) -> Devkit:
-    """Read ``ILSVRC2012_devkit_t12.tar.gz`` (without extracting it) or its extracted folder."""
-    path = Path(path)
-    if path.is_dir():
-        meta_file = path / "data" / "meta.mat"
-        truth_file = path / "data" / "ILSVRC2012_validation_ground_truth.txt"
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"devkit file not found: {meta_file}")
-        with open(meta_file, "rb") as f:
-            wnids_by_id, names = parse_meta_mat(f, meta_file)
-        truth = truth_file.read_text() if truth_file.is_file() else ""
-        return Devkit(path, wnids_by_id, names, _parse_ground_truth(truth, str(truth_file)))
-    if not path.is_file():
-        raise FileNotFoundError(f"devkit not found: {path}")
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            members = {m.name: m for m in tar.getmembers() if m.isfile()}
-            if META_MEMBER not in members:
-                raise ValueError(
-                    f"{path} has no member {META_MEMBER}; is it the ILSVRC2012 devkit?"
-                )
-            meta = tar.extractfile(members[META_MEMBER]).read()  # type: ignore[union-attr]
-            truth = b""
-            if VAL_GROUND_TRUTH_MEMBER in members:
-                truth = tar.extractfile(members[VAL_GROUND_TRUTH_MEMBER]).read()  # type: ignore[union-attr]
-    except (tarfile.TarError, EOFError, OSError) as err:
-        raise ValueError(f"cannot read devkit archive {path}: {err}") from err
-    wnids_by_id, names = parse_meta_mat(io.BytesIO(meta), f"{path}:{META_MEMBER}")
-    truth_source = f"{path}:{VAL_GROUND_TRUTH_MEMBER}"
-    return Devkit(path, wnids_by_id, names, _parse_ground_truth(truth.decode(), truth_source))
-
-
-def read_synset_mapping(path: str | Path) -> dict[str, tuple[str, ...]]:
-    """Kaggle's ``LOC_synset_mapping.txt``: lines ``n01440764 tench, Tinca tinca``."""
-    names: dict[str, tuple[str, ...]] = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        wnid, _, words = line.strip().partition(" ")
-        if not wnid.startswith("n") or not words:
-            raise ValueError(f"{path} line {number}: expected '<wnid> <names>', got {line!r}")
-        names[wnid] = tuple(w.strip() for w in words.split(","))
-    return names
-
-
-def read_val_solution(path: str | Path) -> dict[int, str]:
-    """Kaggle's ``LOC_val_solution.csv``: image number -> wnid (first token of the boxes)."""
-    labels: dict[int, str] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"ImageId", "PredictionString"} <= set(
-            reader.fieldnames
-        ):
-            raise ValueError(f"{path}: expected the columns ImageId,PredictionString")
-        for row in reader:
-            match = _VAL_NUMBER.fullmatch(row["ImageId"].strip())
-            tokens = (row["PredictionString"] or "").split()
-            if match is None or not tokens:
-                raise ValueError(f"{path}: cannot read the row {row}")
-            labels[int(match.group(1))] = tokens[0]
-    return labels
-
-
-# ---------------------------------------------------------------------------- layouts
-@dataclass(frozen=True)
-class ImageNetLayout:
-    """Where the images and label files of one copy of ImageNet are."""
-
-    kind: Literal["kaggle", "folders", "archives"]
-    root: Path  # data_dir: where devkit, LOC_* files and archives are looked for
-    train_dir: Path
-    val_dir: Path
-
-
-def detect_layout(data_dir: str | Path) -> ImageNetLayout:
-    root = Path(data_dir)
-    kaggle = root / KAGGLE_FOLDER
-    if (kaggle / "train").is_dir():
-        return ImageNetLayout("kaggle", root, kaggle / "train", kaggle / "val")
-    if (root / "train").is_dir():
-        return ImageNetLayout("folders", root, root / "train", root / "val")
-    if (root / TRAIN_ARCHIVE).is_file() or (root / VAL_ARCHIVE).is_file():
-        return ImageNetLayout("archives", root, root / "train", root / "val")
-    raise FileNotFoundError(
-        f"no ImageNet found in {root}. Expected one of: train/<wnid>/*.JPEG with val/<wnid>/ or "
-        f"a flat val/ (labelled by {DEVKIT_ARCHIVE} or {VAL_SOLUTION}); Kaggle's "
-        f"{KAGGLE_FOLDER}/train with {SYNSET_MAPPING} and {VAL_SOLUTION}; or the archives "
-        f"{TRAIN_ARCHIVE}, {VAL_ARCHIVE} and {DEVKIT_ARCHIVE} (from {DOWNLOAD_PAGE})"
-    )
-
-
-def _val_number(path: str) -> int:
-    match = _VAL_NUMBER.search(PurePosixPath(path).name)
-    if match is None:
-        raise ValueError(
-            f"{path}: a flat val/ folder must hold ILSVRC2012_val_<number>.JPEG files, which is "
-            "how the ground truth identifies them"
-        )
-    return int(match.group(1))
-
-
-def _describe(archive: Path) -> str:
-    return f"{archive.name} ({archive})"
-
-
-def _fresh_partial(target: Path) -> Path:
-    """An empty hidden sibling of ``target`` to extract into, renamed into place when complete.
-
-    Whatever an earlier run left under that name is removed first, including a symlink, which
-    would otherwise carry the extraction to wherever it points.
-    """
-    partial = target.with_name(f".{target.name}.partial")
-    if partial.is_symlink() or partial.is_file():
-        partial.unlink()
-    elif partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir()
-    return partial
-
-
-def _prepare_train_archive(archive: Path, target: Path) -> None:
-    """Unpack the train tar (one ``<wnid>.tar`` per class) into ``target/<wnid>/``.
-
-    Inner tars are streamed out of the outer one, never written to disk; everything lands in a
-    hidden sibling that is renamed into place only when complete.
-    """
-    label = _describe(archive)
-    partial = _fresh_partial(target)
-
-    def unpack_class(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bool:
-        name = PurePosixPath(member.name)
-        if len(name.parts) != 1 or name.suffix.lower() != ".tar":
-            raise ValueError(
-                f"refusing to extract {label}: unexpected member {member.name!r}; the train "
-                "archive holds one <wnid>.tar per class"
-            )
-        # The class folder comes from the member's stem: '...tar' would otherwise unpack into
-        # partial/.., i.e. data_dir itself.
-        folder = safe_folder_name(name.stem, label, f"member {member.name!r}")
-        inner = tar.extractfile(member)
-        assert inner is not None
-        with inner:
-            extract_tar(inner, partial / folder, archive_name=f"{label}, inner tar {member.name!r}")
-        return True
-
-    try:
-        written = extract_tar(
-            archive,
-            partial,
-            on_member=unpack_class,
-            desc=f"Extracting {archive.name}",
-            archive_name=label,
-        )
-        if written == 0:
-            raise ValueError(
-                f"cannot extract {label}: it holds no files; expected one <wnid>.tar per class"
-            )
-        os.replace(partial, target)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-
-
-def _prepare_val_archive(archive: Path, target: Path, labels: dict[int, str], source: str) -> None:
-    """Unpack the flat val tar straight into ``target/<wnid>/`` using ``labels``."""
-    label = _describe(archive)
-    partial = _fresh_partial(target)
-
-    def into_class_folder(name: str) -> str:
-        base = PurePosixPath(name.replace("\\", "/")).name
-        match = _VAL_NUMBER.search(base)
-        if match is None:
-            raise ValueError(
-                f"cannot extract {label}: unexpected member {name!r}; expected flat "
-                "ILSVRC2012_val_<number>.JPEG files"
-            )
-        number = int(match.group(1))
-        if number not in labels:
-            raise ValueError(f"cannot extract {label}: no label for member {name!r} in {source}")
-        # The wnid comes from a label file, not from us: it must be one plain folder name.
-        wnid = safe_folder_name(labels[number], label, f"{source}'s label for member {name!r}")
-        return f"{wnid}/{base}"
-
-    try:
-        written = extract_tar(
-            archive,
-            partial,
-            rename=into_class_folder,
-            desc=f"Extracting {archive.name}",
-            archive_name=label,
-        )
-        if written == 0:
-            raise ValueError(
-                f"cannot extract {label}: it holds no files; expected the flat "
-                "ILSVRC2012_val_<number>.JPEG images"
-            )
-        os.replace(partial, target)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- datamodule
@@ -410,54 +144,70 @@ class ImageNetDataModule(FileImageDataModule):
             seed=seed,
             predict_dir=predict_dir,
         )
-        resolve_split_size(val_split, 2**62)  # type check; the size is checked in setup
-        self.val_split = val_split
+        self.val_split = check_split_size(val_split, "val_split")  # its size is checked in setup
         if not isinstance(verify_archives, bool):
             raise TypeError(f"verify_archives must be True or False, got {verify_archives!r}")
         self.verify_archives = verify_archives
+        self._layout: ImageNetLayout | None = None
+        self._wnids: tuple[str, ...] | None = None
+        self._wnids_source = ""
         self.save_hyperparameters()
 
     # ------------------------------------------------------------------ facts
     @property
     def layout(self) -> ImageNetLayout:
-        return detect_layout(self.data_dir)
+        """Where the images are, detected on first use.
 
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return IMAGENET_MEAN
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return IMAGENET_STD
+        Detected again by :meth:`prepare_data`, which turns archives into folders, and by
+        :meth:`setup`, which may run after another process's ``prepare_data`` did (DDP ranks
+        other than the first never run it themselves).
+        """
+        if self._layout is None:
+            self._layout = detect_layout(self.data_dir)
+        return self._layout
 
     @property
     def wnids(self) -> list[str]:
-        """Class WordNet ids in label order (sorted, as torchvision)."""
+        """Class WordNet ids in label order (sorted, as torchvision), listed once."""
+        if self._wnids is None:
+            self._wnids, self._wnids_source = self._list_wnids()
+        return list(self._wnids)
+
+    def _list_wnids(self) -> tuple[tuple[str, ...], str]:
+        """(the wnids, where they were read) from the train class folders, else the devkit."""
         layout = self.layout
         if layout.train_dir.is_dir():
             wnids = list_class_dirs(layout.train_dir)
             if not wnids:
                 raise ValueError(f"{layout.train_dir} has no class folders (expected <wnid>/)")
-            return wnids
+            return tuple(wnids), f"the class folders of {layout.train_dir}"
         devkit = self._devkit
         if devkit is None:
             raise FileNotFoundError(
                 f"{layout.root} has ImageNet archives but no {DEVKIT_ARCHIVE}; it is needed to "
                 f"label the validation images (get it from {DOWNLOAD_PAGE})"
             )
-        return sorted(devkit.names)
+        return tuple(sorted(devkit.names)), f"the leaf synsets of {devkit.source}"
 
-    @property
-    def class_names(self) -> list[str]:
+    def _resolve_info(self) -> DatasetInfo:
         wnids = self.wnids
         table = self._name_table
         if table is None:
-            return wnids
-        names, source = table
-        missing = [w for w in wnids if w not in names]
-        if missing:
-            raise ValueError(f"{source} has no entry for the class folder(s) {missing[:5]}")
-        return [names[w][0] for w in wnids]
+            names = wnids
+        else:
+            table_names, source = table
+            missing = [w for w in wnids if w not in table_names]
+            if missing:
+                raise ValueError(f"{source} has no entry for the class folder(s) {missing[:5]}")
+            names = [table_names[w][0] for w in wnids]
+        return DatasetInfo(
+            name="imagenet",
+            class_names=tuple(names),
+            in_channels=3,
+            image_size=self._image_size,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+        )
 
     @cached_property
     def _devkit(self) -> Devkit | None:
@@ -510,6 +260,7 @@ class ImageNetDataModule(FileImageDataModule):
         Lightning runs this on one process per node before ``setup``; indexing here means every
         rank's ``setup`` reads the index cache instead of listing 1.33M files.
         """
+        self._layout = None  # detected afresh: an earlier run may have unpacked the archives
         layout = self.layout
         if layout.kind != "kaggle":
             root = layout.root
@@ -521,28 +272,17 @@ class ImageNetDataModule(FileImageDataModule):
                 wanted = [DEVKIT_ARCHIVE] + [VAL_ARCHIVE] * val + [TRAIN_ARCHIVE] * train
                 for name in wanted:
                     if (root / name).is_file():
-                        self._verify_archive(root / name)
+                        verify_archive(root / name)
             if train:
-                _prepare_train_archive(root / TRAIN_ARCHIVE, layout.train_dir)
+                prepare_train_archive(root / TRAIN_ARCHIVE, layout.train_dir)
             if val:
                 labels, source = self._val_labels()
-                _prepare_val_archive(root / VAL_ARCHIVE, layout.val_dir, labels, source)
+                prepare_val_archive(root / VAL_ARCHIVE, layout.val_dir, labels, source)
+            self._layout = None  # archives are folders now
             layout = self.layout
         for folder in (layout.train_dir, layout.val_dir):
             if folder.is_dir():
                 index_images(folder, self._cache_dirs())
-
-    @staticmethod
-    def _verify_archive(archive: Path) -> None:
-        verify_md5(
-            archive,
-            ARCHIVE_MD5[archive.name],
-            what=f"the published md5 of the official {archive.name}",
-            remedy=(
-                f"download it again from {DOWNLOAD_PAGE}, or pass verify_archives=False "
-                "(--data.verify_archives=false on the command line) to extract it unchecked"
-            ),
-        )
 
     # ------------------------------------------------------------------ splits
     def _val_samples(
@@ -578,7 +318,7 @@ class ImageNetDataModule(FileImageDataModule):
         labels = np.empty(len(index), dtype=np.int64)
         for i, rel in enumerate(index.paths.tolist()):
             name = os.fsdecode(rel)
-            number = _val_number(str(layout.val_dir / name))
+            number = val_number(str(layout.val_dir / name))
             wnid = table.get(number)
             if wnid is None:
                 raise ValueError(f"{layout.val_dir / name} has no label in {source}")
@@ -591,6 +331,7 @@ class ImageNetDataModule(FileImageDataModule):
         return index.paths, labels
 
     def _build_datasets(self) -> None:
+        self._layout = None  # another process's prepare_data may have unpacked the archives
         layout = self.layout
         if layout.kind == "archives" or (
             not layout.val_dir.is_dir() and (layout.root / VAL_ARCHIVE).is_file()
@@ -600,6 +341,18 @@ class ImageNetDataModule(FileImageDataModule):
                 "first (the Trainer does) to extract them into train/ and val/"
             )
         wnids = self.wnids
+        found = list_class_dirs(layout.train_dir)
+        if found != wnids:
+            # The classes were read before (from the devkit, or from folders that changed since):
+            # the labels handed to the model would not be these folders'.
+            missing = sorted(set(wnids) - set(found))[:5]
+            extra = sorted(set(found) - set(wnids))[:5]
+            raise ValueError(
+                f"{layout.train_dir} has {len(found)} class folders but {len(wnids)} classes were "
+                f"read from {self._wnids_source} (missing folders {missing}, folders not among "
+                f"the classes {extra}); every class needs its folder, and a datamodule made "
+                "after the data changed reads it afresh"
+            )
         train_index = index_images(layout.train_dir, self._cache_dirs())
         train_paths, train_labels = class_tree_samples(train_index, wnids, "ImageNet train")
         val_paths, val_labels = self._val_samples(layout, wnids)

@@ -10,25 +10,35 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["resolve_split_size", "stratified_split"]
+__all__ = ["check_split_size", "resolve_split_size", "stratified_split"]
 
 
-def resolve_split_size(value: int | float, total: int, name: str = "val_split") -> int:
-    """Turn a count (int) or a fraction (float in [0, 1)) into a number of items.
+def check_split_size(value: int | float, name: str = "val_split") -> int | float:
+    """``value`` if it can be a split size: an int count >= 0 or a float fraction in [0, 1).
 
-    ``bool`` is rejected explicitly: ``val_split=True`` would otherwise silently mean one image.
+    What needs no dataset, so datamodules check it when they are built; whether a count fits
+    is :func:`resolve_split_size`'s business once the data is known. ``bool`` is rejected
+    explicitly: ``val_split=True`` would otherwise silently mean one image.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be an int (a count) or a float in [0, 1), got {value!r}")
+    if isinstance(value, int) and value < 0:
+        raise ValueError(f"{name}={value} must be a count >= 0, or a float fraction in [0, 1)")
+    if isinstance(value, float) and not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}={value} must be a fraction in [0, 1), or an int count")
+    return value
+
+
+def resolve_split_size(value: int | float, total: int, name: str = "val_split") -> int:
+    """Turn a count (int) or a fraction (float in [0, 1)) into a number of items of ``total``."""
+    check_split_size(value, name)
     if isinstance(value, int):
-        if not 0 <= value < total:
+        if not value < total:
             raise ValueError(
                 f"{name}={value} must be a count in [0, {total}) (there are {total} images to "
                 "split), or a float fraction in [0, 1)"
             )
         return value
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}={value} must be a fraction in [0, 1), or an int count")
     return round(value * total)
 
 

@@ -28,6 +28,7 @@ from torchvision.transforms import v2
 from datamodules.archives import download_url, extract_tar, md5sum, offline_hint
 from datamodules.base import ImageClassificationDataModule, check_image_size
 from datamodules.datasets import ArrayImageDataset
+from datamodules.info import DatasetInfo
 from datamodules.splits import resolve_split_size, stratified_split
 
 __all__ = [
@@ -47,6 +48,8 @@ FOLDER_NAME = "stl10_binary"
 IMAGE_SHAPE = (3, 96, 96)
 IMAGE_BYTES = 3 * 96 * 96  # 27,648
 NUM_FOLDS = 10
+TRAIN_IMAGES = 5000  # in the official release's train_X.bin
+FOLD_IMAGES = 1000  # in each official fold
 STL10_CLASSES = (
     "airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck",
 )  # fmt: skip
@@ -187,7 +190,7 @@ class STL10DataModule(ImageClassificationDataModule):
         fold: One of the 10 official training folds (1,000 images each), or ``None`` for all
             5,000 training images.
         image_size: Side of the images the loaders yield; 96 is the native size.
-        augment: Training augmentation (see :meth:`train_transform`).
+        augment: Training augmentation (see :meth:`_make_train_transform`).
         download: Fetch the official archive (2.6 GB) in ``prepare_data`` if the files are
             missing.
         batch_size, num_workers, pin_memory, persistent_workers, seed, predict_dir: see
@@ -225,13 +228,17 @@ class STL10DataModule(ImageClassificationDataModule):
         ):
             raise ValueError(f"fold must be None or an int in 0..9, got {fold!r}")
         check_image_size(image_size)
-        resolve_split_size(val_split, 1000 if fold is not None else 5000)  # type check only
+        # Against the official release's sizes, so a hold-out that could never fit fails here;
+        # the files themselves are checked in setup.
+        resolve_split_size(val_split, FOLD_IMAGES if fold is not None else TRAIN_IMAGES)
         self.data_dir = data_dir
         self.val_split = val_split
         self.fold = fold
         self._image_size = image_size
         self.augment = augment
         self.download = download
+        self.train_transform = self._make_train_transform()
+        self.eval_transform = self._make_eval_transform()
         self.save_hyperparameters()
 
     # ------------------------------------------------------------------ facts
@@ -239,8 +246,7 @@ class STL10DataModule(ImageClassificationDataModule):
     def folder(self) -> Path:
         return find_stl10_folder(self.data_dir)
 
-    @property
-    def class_names(self) -> list[str]:
+    def _read_class_names(self) -> tuple[str, ...]:
         names_file = self.folder / "class_names.txt"
         if names_file.is_file():
             names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
@@ -248,27 +254,25 @@ class STL10DataModule(ImageClassificationDataModule):
                 raise ValueError(
                     f"{names_file} lists {len(names)} class names, expected {len(STL10_CLASSES)}"
                 )
-            return names
-        return list(STL10_CLASSES)  # the release's own order, before it is downloaded
+            return tuple(names)
+        return STL10_CLASSES  # the release's own order, before it is downloaded
 
-    @property
-    def image_size(self) -> int:
-        return self._image_size
+    def _resolve_info(self) -> DatasetInfo:
+        return DatasetInfo(
+            name="stl10",
+            class_names=self._read_class_names(),
+            in_channels=IMAGE_SHAPE[0],
+            image_size=self._image_size,
+            mean=STL10_MEAN,
+            std=STL10_STD,
+        )
 
     @property
     def eval_resize_size(self) -> int:
         return self._image_size
 
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return STL10_MEAN
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return STL10_STD
-
     # ------------------------------------------------------------------ transforms
-    def train_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _make_train_transform(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """Shift by up to 12 px (1/8 of the side, reflect-padded) and mirror half the time.
 
         The CIFAR recipe scaled to 96 px: at this resolution with only 4,500 labelled training
@@ -283,11 +287,11 @@ class STL10DataModule(ImageClassificationDataModule):
             ]
         if self._image_size != IMAGE_SHAPE[1]:
             steps.append(v2.Resize((self._image_size, self._image_size), antialias=True))
-        return v2.Compose(steps) if steps else _identity
+        return v2.Compose(steps) if steps else None
 
-    def eval_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _make_eval_transform(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         if self._image_size == IMAGE_SHAPE[1]:
-            return _identity
+            return None
         return v2.Resize((self._image_size, self._image_size), antialias=True)
 
     # ------------------------------------------------------------------ data
@@ -362,7 +366,13 @@ class STL10DataModule(ImageClassificationDataModule):
     def _build_datasets(self) -> None:
         train_images, train_labels = self._split_files("train")
         test_images, test_labels = self._split_files("test")
-        _ = self.class_names  # validates class_names.txt when present
+        names = self._read_class_names()  # validates class_names.txt, which may be new
+        if names != self.info.class_names:
+            raise ValueError(
+                f"{self.folder / 'class_names.txt'} names the classes {list(names)}, but they "
+                f"were read earlier as {list(self.info.class_names)} (before the file was "
+                "downloaded or changed); make the datamodule again to read them afresh"
+            )
 
         pool = np.arange(len(train_images))
         if self.fold is not None:
@@ -371,12 +381,12 @@ class STL10DataModule(ImageClassificationDataModule):
         kept, held = stratified_split(train_labels[pool], holdout, self.seed)
 
         self.train_dataset = ArrayImageDataset(
-            train_images, train_labels, pool[kept], self.train_transform()
+            train_images, train_labels, pool[kept], self.train_transform
         )
-        self.test_dataset = ArrayImageDataset(test_images, test_labels, None, self.eval_transform())
+        self.test_dataset = ArrayImageDataset(test_images, test_labels, None, self.eval_transform)
         if holdout:
             self.val_dataset = ArrayImageDataset(
-                train_images, train_labels, pool[held], self.eval_transform()
+                train_images, train_labels, pool[held], self.eval_transform
             )
         else:
             self.val_dataset = self.test_dataset
@@ -393,7 +403,7 @@ class STL10DataModule(ImageClassificationDataModule):
             STL10Images(path),
             None,
             None,
-            transform if transform is not None else self.eval_transform(),
+            transform if transform is not None else self.eval_transform,
         )
 
     def unlabeled_dataloader(
@@ -401,10 +411,6 @@ class STL10DataModule(ImageClassificationDataModule):
     ) -> DataLoader:
         """Shuffled batches of ``(images, -1)`` from :meth:`unlabeled_dataset`."""
         return self._loader(self.unlabeled_dataset(transform), shuffle=True)
-
-
-def _identity(image: torch.Tensor) -> torch.Tensor:
-    return image
 
 
 def main(argv: list[str] | None = None) -> None:

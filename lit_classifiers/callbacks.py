@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from datamodules.info import dataset_info
 from lit_classifiers.predictions import readable_text
 
 __all__ = [
@@ -31,7 +32,6 @@ __all__ = [
     "NonFiniteLossError",
     "check_finite_loss",
     "confusion_matrix_figure",
-    "datamodule_attribute",
     "misclassified_figure",
 ]
 
@@ -58,18 +58,6 @@ def check_finite_loss(loss: Tensor, *, epoch: int, global_step: int, batch_idx: 
             "before this step's optimizer update, so saved checkpoints hold finite weights. "
             "Lower the learning rate, add warm-up or check the data of this batch."
         )
-
-
-def datamodule_attribute(trainer: pl.Trainer | None, name: str) -> Any:
-    """``trainer.datamodule.<name>``, or ``None`` where there is no datamodule or it cannot
-    tell (datamodules may raise ``NotImplementedError`` until they are set up)."""
-    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
-    if datamodule is None:
-        return None
-    try:
-        return getattr(datamodule, name, None)
-    except (NotImplementedError, RuntimeError, ValueError):
-        return None
 
 
 def _tensorboard(trainer: pl.Trainer) -> TensorBoardLogger | None:
@@ -127,12 +115,14 @@ class ClassifierTensorBoard(Callback):
             return
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
+        from lit_classifiers.lightning_compat import tensorboard_file_writer
+
         # Class names are data, and a thousand of them would swamp the table.
         params = _flatten(
             {k: v for k, v in pl_module.hparams.items() if k != "class_names" and k[:1] != "_"}
         )
         experiment, start, end = hparams_summary(params, dict.fromkeys(HPARAMS_METRICS, 0.0))
-        writer = logger.experiment._get_file_writer()
+        writer = tensorboard_file_writer(logger.experiment)
         for summary in (experiment, start, end):
             writer.add_summary(summary)
         self._declared.add(logger.log_dir)
@@ -190,10 +180,11 @@ class ClassifierTensorBoard(Callback):
             figure = confusion_matrix_figure(matrix.cpu(), names)
             logger.experiment.add_figure("val/confusion_matrix", figure, step)
         if self._images:
+            info = dataset_info(trainer)
             images = _displayable(
                 torch.stack(self._images),
-                datamodule_attribute(trainer, "mean"),
-                datamodule_attribute(trainer, "std"),
+                info.mean if info is not None else None,
+                info.std if info is not None else None,
             )
             true = [names[i] for i in self._true]
             pred = [names[i] for i in self._pred]

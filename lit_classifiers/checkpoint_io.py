@@ -9,17 +9,24 @@
   ``load_from_checkpoint`` import or instantiate something (jsonargparse ``class_path`` dicts,
   foreign instantiators, unregistered backbone names).
 * :class:`SafeCheckpointIO` is the ``CheckpointIO`` that ``ClassifierModule`` installs in its
-  trainer: it loads through :func:`read_checkpoint`, refuses to write non-finite weights and
-  writes atomically in the destination folder. Lightning's own save stages the file in the
-  system temp folder and, when that is another filesystem, copies it over the old checkpoint,
-  so a kill in the middle leaves a truncated ``last.ckpt``.
+  trainer (:func:`install_safe_checkpoint_io`): it loads through :func:`read_checkpoint`,
+  refuses to write non-finite weights and writes atomically in the destination folder.
+  Lightning's own save stages the file in the system temp folder and, when that is another
+  filesystem, copies it over the old checkpoint, so a kill in the middle leaves a truncated
+  ``last.ckpt``.
+* :func:`load_classifier_checkpoint` is what ``ClassifierModule.load_from_checkpoint`` does:
+  Lightning's loading, made safe, with old hyper-parameter names upgraded
+  (:func:`upgrade_hparams`), and :func:`check_checkpoint_fits` turns a state_dict that does
+  not fit the model into one line instead of ``load_state_dict``'s page of mismatches.
 """
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import glob
 import io
+import logging
 import os
 import pickle
 import re
@@ -28,24 +35,46 @@ import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import fsspec.utils
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator, XLAAccelerator
+from lightning.pytorch.core.saving import load_hparams_from_tags_csv, load_hparams_from_yaml
+from lightning.pytorch.utilities.migration import migrate_checkpoint
+from lightning.pytorch.utilities.rank_zero import rank_zero_deprecation, rank_zero_warn
 from torch import Tensor
+
+from lit_classifiers.lightning_compat import (
+    is_checkpoint_io_wrapper,
+    load_module_state,
+    replace_wrapped_checkpoint_io,
+)
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
 
 __all__ = [
     "CLASSIFIER_CLASS_PATHS",
+    "RENAMED_HPARAMS",
     "CheckpointError",
     "NonFiniteWeightsError",
     "SafeCheckpointIO",
     "UnsafeCheckpointError",
+    "check_checkpoint_fits",
     "check_checkpoint_hparams",
+    "default_map_location",
     "first_non_finite",
+    "install_safe_checkpoint_io",
+    "load_classifier_checkpoint",
     "read_checkpoint",
+    "upgrade_hparams",
+    "warn_renamed_hparam",
 ]
+
+_log = logging.getLogger(__name__)
 
 #: The values ``_class_path`` may hold in a ClassifierModule checkpoint (LightningCLI stores it
 #: in subclass mode): our class under its module and under its package export.
@@ -54,6 +83,11 @@ CLASSIFIER_CLASS_PATHS = frozenset(
 )
 #: The only instantiator LightningCLI records in checkpoints it writes.
 ALLOWED_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+
+#: ClassifierModule arguments renamed after 0.1.0 (old name -> new name). The old names are
+#: accepted, with a deprecation warning, until the next release; checkpoints that stored them
+#: load under the new ones.
+RENAMED_HPARAMS = {"freeze_backbone": "freeze_body", "backbone_lr_scale": "body_lr_scale"}
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTOCOL_2 = b"\x80"  # torch's legacy (pre-1.6) format starts with a pickle header
@@ -439,3 +473,273 @@ def _fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+# ------------------------------------------------------------------------------------ renamed names
+def warn_renamed_hparam(old: str) -> None:
+    """The deprecation warning for a ClassifierModule argument given by its old name."""
+    rank_zero_deprecation(
+        f"ClassifierModule's argument {old!r} is deprecated and will be removed in the next "
+        f"release: use {RENAMED_HPARAMS[old]!r}, the same setting under its new name"
+    )
+
+
+def upgrade_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """Stored hyper-parameters with the old names of :data:`RENAMED_HPARAMS` replaced by the new
+    ones (a new name already present wins). Silent: the checkpoint's owner cannot act on a
+    warning short of re-saving it, and the model it builds stores the new names."""
+    upgraded = dict(hparams)
+    for old, new in RENAMED_HPARAMS.items():
+        if old in upgraded:
+            value = upgraded.pop(old)
+            if value is not None:
+                upgraded.setdefault(new, value)
+    return upgraded
+
+
+def _rename_caller_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    renamed = dict(kwargs)
+    for old, new in RENAMED_HPARAMS.items():
+        if old not in renamed:
+            continue
+        value = renamed.pop(old)
+        if value is None:
+            continue
+        warn_renamed_hparam(old)
+        if new in renamed and renamed[new] != value:
+            raise ValueError(
+                f"load_from_checkpoint got {old}={value!r} and {new}={renamed[new]!r}; {old} is "
+                f"the deprecated name of {new}: give only {new}"
+            )
+        renamed[new] = value
+    return renamed
+
+
+# ------------------------------------------------------------------------------------------ loading
+def default_map_location(storage: Any, location: str) -> Any:
+    """Storages of a device this machine lacks (CUDA, MPS, XLA) go to the CPU; all others stay
+    where they were saved. Lightning's ``load_from_checkpoint`` default, from public parts."""
+    unavailable = (
+        (location.startswith("mps") and not MPSAccelerator.is_available())
+        or (location.startswith("cuda") and not CUDAAccelerator.is_available())
+        or (location.startswith("xla") and not XLAAccelerator.is_available())
+    )
+    return storage.cpu() if unavailable else None
+
+
+# (source, strict, stored hyper-parameters before the caller's overrides) of the
+# load_classifier_checkpoint call in progress, for check_checkpoint_fits's errors.
+_LOADING: contextvars.ContextVar[tuple[str, bool | None, Mapping[str, Any]] | None] = (
+    contextvars.ContextVar("classifier_loading", default=None)
+)
+
+_Module = TypeVar("_Module", bound="pl.LightningModule")
+
+
+def load_classifier_checkpoint(
+    cls: type[_Module],
+    checkpoint_path: str | os.PathLike[str] | IO[bytes],
+    map_location: Any = None,
+    hparams_file: str | os.PathLike[str] | None = None,
+    strict: bool | None = None,
+    weights_only: bool | None = True,
+    **kwargs: Any,
+) -> _Module:
+    """``ClassifierModule.load_from_checkpoint``: Lightning's loading, made safe.
+
+    The file (local, ``http(s)://`` or any fsspec URL) is read once with ``weights_only=True``;
+    its hyper-parameters (or ``hparams_file``'s) must be plain data naming a registered backbone
+    (:func:`check_checkpoint_hparams`) before anything is built from them; old argument names
+    are upgraded (:func:`upgrade_hparams`); stored ``weights`` are dropped, since the state_dict
+    supersedes them. ``kwargs`` override stored hyper-parameters.
+    """
+    if weights_only is False:
+        raise ValueError(
+            "ClassifierModule checkpoints load with weights_only=True only; a checkpoint "
+            "that needs weights_only=False can execute code when unpickled"
+        )
+    is_path = isinstance(checkpoint_path, (str, os.PathLike))
+    source = os.fspath(checkpoint_path) if is_path else type(checkpoint_path).__name__
+    checkpoint = read_checkpoint(checkpoint_path, map_location or default_map_location)
+    if "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"checkpoint {source} has no state_dict: it is not a Lightning checkpoint (a "
+            "bare weights file loads with backbone_kwargs={'weights': path})"
+        )
+    checkpoint = _migrate(checkpoint, source if is_path else None)
+    kwargs = _rename_caller_kwargs(kwargs)
+    key = cls.CHECKPOINT_HYPER_PARAMS_KEY
+    if hparams_file is not None:
+        checkpoint[key] = _read_hparams_file(hparams_file)
+    stored = _checked_stored_hparams(checkpoint, key, source, hparams_file, kwargs)
+    if "backbone" not in kwargs and "backbone" not in stored:
+        raise CheckpointError(
+            f"checkpoint {source} was trained with a custom backbone module, which is not "
+            "stored: pass it, ClassifierModule.load_from_checkpoint(path, backbone=module)"
+        )
+    hparams = upgrade_hparams(checkpoint.get(key) or {})
+    backbone_kwargs = hparams.get("backbone_kwargs")
+    if isinstance(backbone_kwargs, Mapping) and "weights" in backbone_kwargs:
+        # The state_dict supersedes them; loading them would read or download a file.
+        hparams["backbone_kwargs"] = {k: v for k, v in backbone_kwargs.items() if k != "weights"}
+    checkpoint[key] = {**hparams, **kwargs}
+
+    token = _LOADING.set((source, strict, hparams))
+    try:
+        model = load_module_state(cls, checkpoint, strict=strict, **kwargs)
+    finally:
+        _LOADING.reset(token)
+    tensors = (t for t in checkpoint["state_dict"].values() if isinstance(t, Tensor))
+    device = next(tensors, torch.tensor(0)).device
+    return model.to(device)  # type: ignore[return-value]
+
+
+def _migrate(checkpoint: dict[str, Any], path: str | None) -> dict[str, Any]:
+    """Lightning's upgrades of checkpoints written by older Lightning versions."""
+    if "pytorch-lightning_version" not in checkpoint:  # not written by a Trainer: nothing to do
+        return checkpoint
+    old_version = checkpoint["pytorch-lightning_version"]
+    checkpoint, migrations = migrate_checkpoint(checkpoint)
+    if migrations and path is not None:
+        _log.info(
+            f"Lightning upgraded the loaded checkpoint from v{old_version} to "
+            f"v{checkpoint['pytorch-lightning_version']} in memory; to upgrade the file, run "
+            f"`python -m lightning.pytorch.utilities.upgrade_checkpoint {path}`"
+        )
+    return checkpoint
+
+
+def _read_hparams_file(hparams_file: str | os.PathLike[str]) -> dict[str, Any]:
+    extension = str(hparams_file).rsplit(".", 1)[-1].lower()
+    if extension == "csv":
+        return load_hparams_from_tags_csv(hparams_file)
+    if extension in ("yml", "yaml"):
+        return load_hparams_from_yaml(hparams_file, use_omegaconf=False)
+    raise ValueError(f"hparams_file must be .csv, .yml or .yaml, got {hparams_file}")
+
+
+def _checked_stored_hparams(
+    checkpoint: Mapping[str, Any],
+    key: str,
+    source: str,
+    hparams_file: str | os.PathLike[str] | None,
+    kwargs: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Every hyper-parameter the checkpoint would feed to the model, checked to be plain data.
+
+    Lightning also reads them from the keys of its 0.7 checkpoints. What the caller passes is
+    not taken from the checkpoint, so it is not checked either.
+    """
+    stored: dict[str, Any] = {}
+    for name in ("hparams", "module_arguments", key):
+        if name not in checkpoint:
+            continue
+        where = str(hparams_file) if name == key and hparams_file else source
+        found = checkpoint[name]
+        if isinstance(found, Mapping):
+            found = {k: v for k, v in found.items() if k not in kwargs}
+        check_checkpoint_hparams(found, where)
+        stored.update(found)
+    return stored
+
+
+def check_checkpoint_fits(
+    module: pl.LightningModule, checkpoint: Mapping[str, Any], ckpt_path: Any = None
+) -> None:
+    """Raise one :class:`CheckpointError` line when ``checkpoint``'s state_dict does not fit
+    ``module`` (wrong backbone or number of classes, other shapes, missing or extra tensors
+    under strict loading), instead of ``load_state_dict``'s page of size mismatches.
+
+    Inside :func:`load_classifier_checkpoint` it names that call's source and honours its
+    ``strict``; otherwise (a Trainer restoring ``ckpt_path``) it names ``ckpt_path``.
+    """
+    loading = _LOADING.get()
+    if loading is not None:
+        source, strict, stored = loading
+        strict = module.strict_loading if strict is None else strict
+    else:
+        source, strict = (str(ckpt_path) if ckpt_path else "(unnamed)"), module.strict_loading
+        stored = checkpoint.get("hyper_parameters") or {}
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, Mapping):
+        raise CheckpointError(
+            f"checkpoint {source} has no state_dict: it is not a Lightning checkpoint (a "
+            "bare weights file loads with backbone_kwargs={'weights': path})"
+        )
+    own = module.state_dict()
+    mismatched = [
+        (key, tuple(value.shape), tuple(own[key].shape))
+        for key, value in state.items()
+        if key in own and isinstance(value, Tensor) and value.shape != own[key].shape
+    ]
+    missing = [key for key in own if key not in state] if strict else []
+    unexpected = [key for key in state if key not in own] if strict else []
+    if not (mismatched or missing or unexpected):
+        return
+    _check_same_model(module, stored, source)
+    if mismatched:
+        key, their_shape, my_shape = mismatched[0]
+        more = f" ({len(mismatched) - 1} more tensors differ)" if len(mismatched) > 1 else ""
+        raise CheckpointError(
+            f"checkpoint {source} does not fit this model: {key} has shape {their_shape} in "
+            f"the checkpoint but {my_shape} in the model{more}"
+        )
+    if missing:
+        ema = "a model with ema_decay needs a checkpoint trained with it, or "
+        raise CheckpointError(
+            f"checkpoint {source} does not fit this model: it lacks {len(missing)} of the "
+            f"model's tensors (first: {missing[0]}); "
+            f"{ema if missing[0].startswith('ema.') else ''}load with strict=False to skip them"
+        )
+    raise CheckpointError(
+        f"checkpoint {source} does not fit this model: it has {len(unexpected)} tensors the "
+        f"model lacks (first: {unexpected[0]}); load with strict=False to ignore them"
+    )
+
+
+def _check_same_model(module: pl.LightningModule, stored: Mapping[str, Any], source: str) -> None:
+    """When the stored hyper-parameters name another backbone or class count, say that: it
+    explains every mismatch at once."""
+    theirs, mine = stored.get("backbone"), module.hparams.get("backbone")
+    their_classes, my_classes = stored.get("num_classes"), module.hparams.get("num_classes")
+    if (isinstance(theirs, str) and isinstance(mine, str) and theirs != mine) or (
+        their_classes is not None and their_classes != my_classes
+    ):
+        their_backbone = theirs if isinstance(theirs, str) else "a custom module"
+        my_backbone = mine if isinstance(mine, str) else type(module.backbone).__name__
+        raise CheckpointError(
+            f"checkpoint {source} was trained with backbone={their_backbone}, "
+            f"num_classes={their_classes}; this model is backbone={my_backbone}, "
+            f"num_classes={my_classes}: build the model to match the checkpoint or "
+            "use ClassifierModule.load_from_checkpoint"
+        )
+
+
+def install_safe_checkpoint_io(trainer: pl.Trainer) -> None:
+    """Make ``trainer`` read and write checkpoints through :class:`SafeCheckpointIO`.
+
+    Replaces Lightning's default ``TorchCheckpointIO``, also inside a wrapper such as
+    ``AsyncCheckpointIO``; a checkpoint IO of the user's own is kept, with a warning that the
+    guarantees then depend on it.
+    """
+    strategy = trainer.strategy
+    current = strategy.checkpoint_io  # Lightning fills in its default on first access
+    if isinstance(current, SafeCheckpointIO):
+        return
+    if type(current) is TorchCheckpointIO:
+        strategy.checkpoint_io = SafeCheckpointIO()
+        return
+    wrapper = current
+    while is_checkpoint_io_wrapper(wrapper):
+        inner = wrapper.checkpoint_io
+        if inner is None or type(inner) is TorchCheckpointIO:
+            replace_wrapped_checkpoint_io(wrapper, SafeCheckpointIO())
+            return
+        if isinstance(inner, SafeCheckpointIO):
+            return
+        wrapper = inner
+    rank_zero_warn(
+        f"the trainer uses its own checkpoint IO ({type(wrapper).__name__}), so "
+        "ClassifierModule does not install SafeCheckpointIO: whether checkpoints load "
+        "without running code and save atomically depends on that IO"
+    )

@@ -41,6 +41,7 @@ from lit_classifiers.checkpoint_io import (
     NonFiniteWeightsError,
     check_checkpoint_hparams,
     read_checkpoint,
+    upgrade_hparams,
 )
 from lit_classifiers.module import ClassifierModule
 from lit_classifiers.predictions import PredictionCSVWriter
@@ -53,7 +54,16 @@ DEBUG_ENV = "LIT_CLASSIFIERS_DEBUG"
 #: Passes the run folder the launching process claimed to the processes Lightning starts for
 #: the other DDP ranks (they inherit the environment), so all ranks log to the same folder.
 RUN_VERSION_ENV = "LIT_CLASSIFIERS_RUN_VERSION"
-_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+_RANK_VARIABLES = (
+    "RANK",  # torchrun
+    "LOCAL_RANK",  # torchrun, Lightning's own launcher
+    "NODE_RANK",
+    "GROUP_RANK",
+    "SLURM_PROCID",  # SLURM
+    "JSM_NAMESPACE_RANK",  # LSF (jsrun)
+    "OMPI_COMM_WORLD_RANK",  # Open MPI
+    "PMI_RANK",  # MPICH, Intel MPI
+)
 _VERSION_FOLDER = re.compile(r"version_(\d+)")
 
 
@@ -132,6 +142,7 @@ class ClassifierCLI(LightningCLI):
         checkpoint = read_checkpoint(ckpt_path)
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         check_checkpoint_hparams(hparams, ckpt_path)
+        hparams = upgrade_hparams(hparams)  # argument names renamed since the checkpoint was saved
         # Both are Lightning's own bookkeeping, checked above to name ClassifierModule only.
         hparams.pop("_instantiator", None)
         hparams.pop("_class_path", None)
@@ -380,6 +391,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args[:1] == ["backbones"]:
             return backbones_main(args[1:])
+        if args[:1] == ["export"]:
+            from lit_classifiers.export import export_main  # only this subcommand needs it
+
+            return export_main(args[1:])
         check_config_files(args)
         cli_main(None if argv is None else args)  # None: LightningCLI reads sys.argv itself
     except USER_ERRORS as error:

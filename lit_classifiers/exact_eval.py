@@ -15,11 +15,11 @@ current epoch and says how many of the next batch are real.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader, DistributedSampler
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DistributedSampler
 
 __all__ = ["EvalSampleCounter", "real_samples_on_rank"]
 
@@ -36,20 +36,18 @@ def real_samples_on_rank(dataloader: Any) -> int | None:
 
 
 def _evaluation_dataloaders(trainer: pl.Trainer) -> list[Any]:
-    # The running loop's own loaders, with the sampler Lightning injected. The public
-    # ``trainer.val_dataloaders`` keeps returning fit's loaders during a later ``validate()``.
-    loop = trainer._evaluation_loop
-    combined = getattr(loop, "_combined_loader", None)
-    if combined is not None:
-        return list(combined.flattened)
+    """The running evaluation's loaders, with the sampler Lightning injected, in
+    ``dataloader_idx`` order.
+
+    ``trainer.val_dataloaders`` serves both fit's validation and ``validate()``: each
+    ``fit``/``validate``/``test`` call drops the loaders of the previous one (checked on
+    lightning 2.6.6 by ``tests/test_lightning_compat.py``).
+    """
     loaders = trainer.test_dataloaders if trainer.testing else trainer.val_dataloaders
     if loaders is None:
         return []
-    if isinstance(loaders, DataLoader):
-        return [loaders]
-    if isinstance(loaders, Mapping):
-        return list(loaders.values())
-    return list(loaders) if isinstance(loaders, Sequence) else [loaders]
+    # Lightning numbers the loaders in its CombinedLoader's flattening order.
+    return list(CombinedLoader(loaders, "sequential").flattened)
 
 
 class EvalSampleCounter:

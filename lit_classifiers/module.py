@@ -20,29 +20,18 @@ logs the rate already), ``val/loss``, ``val/acc1``,
 
 from __future__ import annotations
 
-import contextvars
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from itertools import chain
-from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, TypeVar
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.core.saving import (
-    _default_map_location,
-    _load_state,
-    load_hparams_from_tags_csv,
-    load_hparams_from_yaml,
-)
-from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.migration.utils import _pl_migrate_checkpoint
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_deprecation
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -52,14 +41,16 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 from typing_extensions import Self
 
-from lit_classifiers.callbacks import ClassifierTensorBoard, check_finite_loss, datamodule_attribute
+from datamodules.info import dataset_info
+from lit_classifiers.callbacks import ClassifierTensorBoard, check_finite_loss
 from lit_classifiers.checkpoint_io import (
-    CheckpointError,
+    RENAMED_HPARAMS,
     NonFiniteWeightsError,
-    SafeCheckpointIO,
-    check_checkpoint_hparams,
+    check_checkpoint_fits,
     first_non_finite,
-    read_checkpoint,
+    install_safe_checkpoint_io,
+    load_classifier_checkpoint,
+    warn_renamed_hparam,
 )
 from lit_classifiers.exact_eval import EvalSampleCounter
 from lit_classifiers.optimization import (
@@ -76,15 +67,19 @@ __all__ = ["ClassifierModule"]
 
 RNG_KEY = "rng_states"
 
-# (source, strict, stored hyper-parameters before the caller's overrides) of the
-# load_from_checkpoint call in progress, for on_load_checkpoint's errors.
-_LOADING: contextvars.ContextVar[tuple[str, bool | None, Mapping[str, Any]] | None] = (
-    contextvars.ContextVar("classifier_loading", default=None)
-)
+# Not stored in the hyper-parameters: the callables are code, not data (checkpoints load with
+# weights_only), and the deprecated names are stored under their new ones.
+_UNSAVED = ("optimizer", "lr_scheduler", "freeze_backbone", "backbone_lr_scale")
+
+_T = TypeVar("_T")
 
 
 class ClassifierModule(pl.LightningModule):
     """Image classification with a backbone from the registry or one you built.
+
+    The *backbone* is the whole network; its *classifier* is the final linear layer
+    (``num_features -> num_classes``, what :meth:`get_classifier` returns), and its *body* is
+    everything before it (see :mod:`lit_classifiers.models.base`).
 
     Args:
         backbone: A registered name (see ``lit_classifiers.list_backbones()``) or an
@@ -113,12 +108,15 @@ class ClassifierModule(pl.LightningModule):
         no_weight_decay_norm_and_bias: Exempt normalisation layers and biases from weight decay.
         ema_decay: Keep an exponential moving average of the weights with this decay (e.g.
             0.9999) and evaluate, predict and export with it; ``None`` disables it.
-        freeze_backbone: Train only the classifier; the rest keeps its weights and its
+        freeze_body: Train only the classifier; the body keeps its weights and its
             batch-norm statistics (its norm layers stay in eval mode).
-        backbone_lr_scale: Learning-rate factor of everything but the classifier.
+        body_lr_scale: Learning-rate factor of the body (the classifier keeps the configured
+            rate), e.g. 0.1 to fine-tune pretrained weights gently.
         channels_last: Run convolutions in channels-last memory format (faster on tensor cores).
         compile: ``torch.compile`` the backbone.
         predict_topk: Classes returned per image by ``predict_step``.
+        freeze_backbone: Deprecated name of ``freeze_body``; removed in the next release.
+        backbone_lr_scale: Deprecated name of ``body_lr_scale``; removed in the next release.
     """
 
     def __init__(
@@ -142,69 +140,70 @@ class ClassifierModule(pl.LightningModule):
         cutmix_alpha: float = 0.0,
         no_weight_decay_norm_and_bias: bool = False,
         ema_decay: float | None = None,
-        freeze_backbone: bool = False,
-        backbone_lr_scale: float = 1.0,
+        freeze_body: bool = False,
+        body_lr_scale: float = 1.0,
         channels_last: bool = False,
         compile: bool = False,
         predict_topk: int = 5,
+        freeze_backbone: bool | None = None,
+        backbone_lr_scale: float | None = None,
     ) -> None:
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(
-                f"class_names has {len(class_names)} names but num_classes={num_classes}"
-            )
-        if lr_scheduler_interval not in ("epoch", "step"):
-            raise ValueError(
-                f"lr_scheduler_interval must be 'epoch' or 'step', got {lr_scheduler_interval!r}"
-            )
-        if ema_decay is not None and not 0.0 <= ema_decay <= 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1], got {ema_decay}")
-        if warmup_epochs and warmup_steps:
-            raise ValueError("give warmup_epochs or warmup_steps, not both")
-        # The callables are code, not data: they stay out of the checkpoint (weights_only).
-        ignore = ["optimizer", "lr_scheduler"]
-        if isinstance(backbone, nn.Module):
-            ignore.append("backbone")
-        self.save_hyperparameters(ignore=ignore)
+        # Resolved before save_hyperparameters, which stores these locals under the new names.
+        freeze_body = _renamed("freeze_backbone", freeze_backbone, freeze_body, default=False)
+        body_lr_scale = _renamed("backbone_lr_scale", backbone_lr_scale, body_lr_scale, default=1.0)
+        _check_arguments(
+            num_classes=num_classes,
+            class_names=class_names,
+            lr_scheduler_interval=lr_scheduler_interval,
+            ema_decay=ema_decay,
+            warmup=(warmup_epochs, warmup_steps, warmup_start_factor),
+            label_smoothing=label_smoothing,
+            mix_alphas=(mixup_alpha, cutmix_alpha),
+            body_lr_scale=body_lr_scale,
+            predict_topk=predict_topk,
+        )
+        unsaved = [*_UNSAVED, *(["backbone"] if isinstance(backbone, nn.Module) else [])]
+        self.save_hyperparameters(ignore=unsaved)
+        self._store_resolved_names(freeze_body, body_lr_scale)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
 
-        if isinstance(backbone, str):
-            backbone = create_backbone(
-                backbone, num_classes, in_channels=in_channels, **(backbone_kwargs or {})
-            )
-        self.backbone = backbone
-        if freeze_backbone or backbone_lr_scale != 1.0:
-            self.classifier()  # fails now, not at the first step, if there is none to find
-        if freeze_backbone:
-            for param in self.backbone.parameters():
-                param.requires_grad_(False)
-            for param in self.classifier().parameters():
-                param.requires_grad_(True)
+        self.backbone = _build_backbone(backbone, num_classes, in_channels, backbone_kwargs)
+        if freeze_body or body_lr_scale != 1.0:
+            self.get_classifier()  # fails now, not at the first step, if there is none to find
+        if freeze_body:
+            self._freeze_body()
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last)
-        self.ema = (
-            AveragedModel(
-                self.backbone, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True
-            )
-            if ema_decay is not None
-            else None
-        )
-        if self.ema is not None:  # updated by averaging, never by gradients (DDP needs to know)
-            self.ema.requires_grad_(False)
+        self.ema = _moving_average(self.backbone, ema_decay)  # of the module, not its compiled form
         if compile:
             self.backbone.compile()
 
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        mixers = [
-            transform(alpha=alpha, num_classes=num_classes)
-            for transform, alpha in ((v2.MixUp, mixup_alpha), (v2.CutMix, cutmix_alpha))
-            if alpha > 0
-        ]
-        self.batch_mix = v2.RandomChoice(mixers) if len(mixers) > 1 else (mixers or [None])[0]
+        self.batch_mix = _batch_mixer(num_classes, mixup_alpha, cutmix_alpha)
+        self._build_metrics(num_classes)
+        self._eval_counter = EvalSampleCounter()
+        self._rng_to_restore: dict[str, Any] | None = None
+        self._lr_monitored = False
+        self._finite_checked_step = -1
+        self.train(self.training)  # puts a frozen body's norm layers in eval mode
 
+    # ------------------------------------------------------------------------------ construction
+    def _store_resolved_names(self, freeze_body: bool, body_lr_scale: float) -> None:
+        # LightningCLI has save_hyperparameters store its parsed configuration rather than
+        # __init__'s locals, where a value given under a deprecated name is not yet renamed.
+        resolved = {"freeze_body": freeze_body, "body_lr_scale": body_lr_scale}
+        if any(self.hparams.get(name) != value for name, value in resolved.items()):
+            self.save_hyperparameters(resolved)  # also updates hparams_initial, which is logged
+
+    def _freeze_body(self) -> None:
+        for param in self.backbone.parameters():
+            param.requires_grad_(False)
+        for param in self.get_classifier().parameters():
+            param.requires_grad_(True)
+
+    def _build_metrics(self, num_classes: int) -> None:
         top5 = min(5, num_classes)
         self.train_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
@@ -212,11 +211,6 @@ class ClassifierModule(pl.LightningModule):
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self.test_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
-        self._eval_counter = EvalSampleCounter()
-        self._rng_to_restore: dict[str, Any] | None = None
-        self._lr_monitored = False
-        self._finite_checked_step = -1
-        self.train(self.training)  # puts a frozen body's norm layers in eval mode
 
     # ------------------------------------------------------------------------------ network
     @property
@@ -227,15 +221,24 @@ class ClassifierModule(pl.LightningModule):
     def class_names(self) -> list[str] | None:
         return self.hparams.get("class_names")
 
-    def classifier(self) -> nn.Module:
-        """The final layer: what fine-tuning trains and ``backbone_lr_scale`` leaves alone."""
+    def get_classifier(self) -> nn.Module:
+        """The backbone's classifier, its final linear layer: what ``freeze_body`` trains and
+        ``body_lr_scale`` leaves at the configured learning rate."""
         get_classifier = getattr(self.backbone, "get_classifier", None)
         if get_classifier is None:
             raise ValueError(
-                f"{type(self.backbone).__name__} has no get_classifier(); freeze_backbone and "
-                "backbone_lr_scale need to know which layer is the classifier"
+                f"{type(self.backbone).__name__} has no get_classifier(); freeze_body and "
+                "body_lr_scale need to know which layer is the classifier"
             )
         return get_classifier()
+
+    def classifier(self) -> nn.Module:
+        """Deprecated name of :meth:`get_classifier`; removed in the next release."""
+        rank_zero_deprecation(
+            "ClassifierModule.classifier() is deprecated and will be removed in the next "
+            "release: use ClassifierModule.get_classifier()"
+        )
+        return self.get_classifier()
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits; outside training mode the EMA weights answer when they are kept."""
@@ -247,63 +250,46 @@ class ClassifierModule(pl.LightningModule):
     def train(self, mode: bool = True) -> Self:
         # A frozen body must not update its batch-norm statistics either, whoever calls train().
         super().train(mode)
-        if self.hparams.freeze_backbone:
-            head = set(self.classifier().modules())
+        if self.hparams.freeze_body:
+            classifier = set(self.get_classifier().modules())
             for module in self.backbone.modules():
-                if isinstance(module, NORM_LAYERS) and module not in head:
+                if isinstance(module, NORM_LAYERS) and module not in classifier:
                     module.eval()
         return self
+
+    def _attached_trainer(self) -> pl.Trainer | None:
+        try:
+            return self.trainer
+        except RuntimeError:  # not attached: load_from_checkpoint, or a hook called by hand
+            return None
 
     # ------------------------------------------------------------------------------ checks
     def setup(self, stage: str) -> None:
         """Catch a model built for other data before any step runs.
 
-        Also installs :class:`SafeCheckpointIO`: Lightning calls ``setup`` before it restores
-        ``ckpt_path``, so the checkpoint is already read with ``weights_only=True``.
+        Also installs :class:`~lit_classifiers.checkpoint_io.SafeCheckpointIO`: Lightning calls
+        ``setup`` before it restores ``ckpt_path``, so the checkpoint is already read with
+        ``weights_only=True``.
         """
-        self._install_safe_checkpoint_io()
-        data_classes = datamodule_attribute(self._trainer, "num_classes")
-        if data_classes is not None and int(data_classes) != self.num_classes:
+        trainer = self._attached_trainer()
+        if trainer is not None:  # None when setup() is called by hand
+            install_safe_checkpoint_io(trainer)
+        info = dataset_info(trainer) if trainer is not None else None
+        if info is None:  # a datamodule that declares no DatasetInfo, or plain dataloaders
+            return
+        if info.num_classes != self.num_classes:
             raise ValueError(
                 f"the model has num_classes={self.num_classes} but the datamodule has "
-                f"{data_classes} classes; build the model with num_classes={data_classes}"
+                f"{info.num_classes} classes; build the model with num_classes={info.num_classes}"
             )
-        data_names = datamodule_attribute(self._trainer, "class_names")
-        if data_names is not None:
-            data_names = [str(name) for name in data_names]
-            if self.class_names is None:
-                self.hparams["class_names"] = data_names
-            elif list(self.class_names) != data_names:
-                raise ValueError(
-                    f"the model's class_names {list(self.class_names)[:5]}... differ from the "
-                    f"datamodule's {data_names[:5]}...: the label indices would mean other classes"
-                )
-
-    def _install_safe_checkpoint_io(self) -> None:
-        if self._trainer is None:  # setup() called by hand
-            return
-        strategy = self._trainer.strategy
-        current = strategy.checkpoint_io  # Lightning fills in its default on first access
-        if isinstance(current, SafeCheckpointIO):
-            return
-        if type(current) is TorchCheckpointIO:
-            strategy.checkpoint_io = SafeCheckpointIO()
-            return
-        wrapper = current
-        while isinstance(wrapper, _WrappingCheckpointIO):  # e.g. AsyncCheckpointIO
-            inner = wrapper.checkpoint_io
-            if inner is None or type(inner) is TorchCheckpointIO:
-                # Its public setter refuses to replace a base IO that is already set.
-                wrapper._checkpoint_io = SafeCheckpointIO()
-                return
-            if isinstance(inner, SafeCheckpointIO):
-                return
-            wrapper = inner
-        rank_zero_warn(
-            f"the trainer uses its own checkpoint IO ({type(wrapper).__name__}), so "
-            "ClassifierModule does not install SafeCheckpointIO: whether checkpoints load "
-            "without running code and save atomically depends on that IO"
-        )
+        data_names = list(info.class_names)
+        if self.class_names is None:
+            self.hparams["class_names"] = data_names
+        elif list(self.class_names) != data_names:
+            raise ValueError(
+                f"the model's class_names {list(self.class_names)[:5]}... differ from the "
+                f"datamodule's {data_names[:5]}...: the label indices would mean other classes"
+            )
 
     def _check_finite_weights(self) -> None:
         """Stop a diverged fit before this epoch's checkpoints are saved.
@@ -311,7 +297,7 @@ class ClassifierModule(pl.LightningModule):
         Called where the module's hooks run before ModelCheckpoint's (validation epoch start,
         train epoch end); a loss can stay finite while BatchNorm statistics overflow.
         """
-        trainer = self._trainer
+        trainer = self._attached_trainer()
         if trainer is None or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
             return
         if self._finite_checked_step == trainer.global_step:
@@ -443,11 +429,11 @@ class ClassifierModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> OptimizerLRScheduler:
-        split = self.hparams.freeze_backbone or self.hparams.backbone_lr_scale != 1.0
+        split = self.hparams.freeze_body or self.hparams.body_lr_scale != 1.0
         groups = build_param_groups(
             self.backbone,
-            self.classifier() if split else None,
-            body_lr_scale=self.hparams.backbone_lr_scale,
+            self.get_classifier() if split else None,
+            body_lr_scale=self.hparams.body_lr_scale,
             no_weight_decay_norm_and_bias=self.hparams.no_weight_decay_norm_and_bias,
         )
         optimizer = self.optimizer_factory(groups)
@@ -484,7 +470,8 @@ class ClassifierModule(pl.LightningModule):
 
     def configure_callbacks(self) -> list[Callback]:
         # Not when the user configured their own: Lightning would replace theirs with this one.
-        trainer_callbacks = self._trainer.callbacks if self._trainer is not None else []
+        trainer = self._attached_trainer()
+        trainer_callbacks = trainer.callbacks if trainer is not None else []
         if any(isinstance(cb, ClassifierTensorBoard) for cb in trainer_callbacks):
             return []
         return [ClassifierTensorBoard()]
@@ -498,70 +485,12 @@ class ClassifierModule(pl.LightningModule):
             checkpoint["hyper_parameters"] = {**hparams, "backbone_kwargs": kwargs}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._check_checkpoint_fits(checkpoint)
+        trainer = self._attached_trainer()
+        check_checkpoint_fits(self, checkpoint, trainer.ckpt_path if trainer is not None else None)
         # Only a resumed fit moves the global generators; load_from_checkpoint (no trainer) and
         # validate/test runs leave them alone.
-        trainer = self._trainer
         resuming = trainer is not None and trainer.state.fn == TrainerFn.FITTING
         self._rng_to_restore = checkpoint.get(RNG_KEY) if resuming else None
-
-    def _check_checkpoint_fits(self, checkpoint: Mapping[str, Any]) -> None:
-        """One line instead of load_state_dict's page of size mismatches."""
-        loading = _LOADING.get()
-        if loading is not None:
-            source, strict, stored = loading
-            strict = self.strict_loading if strict is None else strict
-        else:
-            path = self._trainer.ckpt_path if self._trainer is not None else None
-            source, strict = (str(path) if path else "(unnamed)"), self.strict_loading
-            stored = checkpoint.get("hyper_parameters") or {}
-        state = checkpoint.get("state_dict")
-        if not isinstance(state, Mapping):
-            raise CheckpointError(
-                f"checkpoint {source} has no state_dict: it is not a Lightning checkpoint (a "
-                "bare weights file loads with backbone_kwargs={'weights': path})"
-            )
-        own = self.state_dict()
-        mismatched = [
-            (key, tuple(value.shape), tuple(own[key].shape))
-            for key, value in state.items()
-            if key in own and isinstance(value, Tensor) and value.shape != own[key].shape
-        ]
-        missing = [key for key in own if key not in state] if strict else []
-        unexpected = [key for key in state if key not in own] if strict else []
-        if not (mismatched or missing or unexpected):
-            return
-        theirs, mine = stored.get("backbone"), self.hparams.get("backbone")
-        their_classes = stored.get("num_classes")
-        if (isinstance(theirs, str) and isinstance(mine, str) and theirs != mine) or (
-            their_classes is not None and their_classes != self.num_classes
-        ):
-            their_backbone = theirs if isinstance(theirs, str) else "a custom module"
-            my_backbone = mine if isinstance(mine, str) else type(self.backbone).__name__
-            raise CheckpointError(
-                f"checkpoint {source} was trained with backbone={their_backbone}, "
-                f"num_classes={their_classes}; this model is backbone={my_backbone}, "
-                f"num_classes={self.num_classes}: build the model to match the checkpoint or "
-                "use ClassifierModule.load_from_checkpoint"
-            )
-        if mismatched:
-            key, their_shape, my_shape = mismatched[0]
-            more = f" ({len(mismatched) - 1} more tensors differ)" if len(mismatched) > 1 else ""
-            raise CheckpointError(
-                f"checkpoint {source} does not fit this model: {key} has shape {their_shape} in "
-                f"the checkpoint but {my_shape} in the model{more}"
-            )
-        if missing:
-            ema = "a model with ema_decay needs a checkpoint trained with it, or "
-            raise CheckpointError(
-                f"checkpoint {source} does not fit this model: it lacks {len(missing)} of the "
-                f"model's tensors (first: {missing[0]}); "
-                f"{ema if missing[0].startswith('ema.') else ''}load with strict=False to skip them"
-            )
-        raise CheckpointError(
-            f"checkpoint {source} does not fit this model: it has {len(unexpected)} tensors the "
-            f"model lacks (first: {unexpected[0]}); load with strict=False to ignore them"
-        )
 
     def on_fit_start(self) -> None:
         # Last hook before the training loop creates its dataloader iterator, which draws the
@@ -584,60 +513,107 @@ class ClassifierModule(pl.LightningModule):
         any fsspec URL) is read once with ``weights_only=True``, and its hyper-parameters must
         be plain data naming a registered backbone (see
         :func:`~lit_classifiers.checkpoint_io.check_checkpoint_hparams`) before anything is
-        built from them. A checkpoint of a custom backbone needs ``backbone=<the module>``."""
-        if weights_only is False:
-            raise ValueError(
-                "ClassifierModule checkpoints load with weights_only=True only; a checkpoint "
-                "that needs weights_only=False can execute code when unpickled"
-            )
-        is_path = isinstance(checkpoint_path, (str, os.PathLike))
-        source = os.fspath(checkpoint_path) if is_path else type(checkpoint_path).__name__
-        checkpoint = read_checkpoint(checkpoint_path, map_location or _default_map_location)
-        migrated_path = checkpoint_path if isinstance(checkpoint_path, (str, Path)) else None
-        checkpoint = _pl_migrate_checkpoint(checkpoint, checkpoint_path=migrated_path)
-        if "state_dict" not in checkpoint:
-            raise CheckpointError(
-                f"checkpoint {source} has no state_dict: it is not a Lightning checkpoint (a "
-                "bare weights file loads with backbone_kwargs={'weights': path})"
-            )
-        key = cls.CHECKPOINT_HYPER_PARAMS_KEY
-        if hparams_file is not None:
-            extension = str(hparams_file).rsplit(".", 1)[-1].lower()
-            if extension == "csv":
-                checkpoint[key] = load_hparams_from_tags_csv(hparams_file)
-            elif extension in ("yml", "yaml"):
-                checkpoint[key] = load_hparams_from_yaml(hparams_file, use_omegaconf=False)
-            else:
-                raise ValueError(f"hparams_file must be .csv, .yml or .yaml, got {hparams_file}")
-        # Lightning also reads hyper-parameters from the keys of its 0.7 checkpoints.
-        stored: dict[str, Any] = {}
-        for name in ("hparams", "module_arguments", key):
-            if name in checkpoint:
-                where = str(hparams_file) if name == key and hparams_file else source
-                found = checkpoint[name]
-                if isinstance(found, Mapping):  # what the caller passes is not used from it
-                    found = {k: v for k, v in found.items() if k not in kwargs}
-                check_checkpoint_hparams(found, where)
-                stored.update(found)
-        if "backbone" not in kwargs and "backbone" not in stored:
-            raise CheckpointError(
-                f"checkpoint {source} was trained with a custom backbone module, which is not "
-                "stored: pass it, ClassifierModule.load_from_checkpoint(path, backbone=module)"
-            )
-        hparams = dict(checkpoint.get(key) or {})
-        backbone_kwargs = hparams.get("backbone_kwargs")
-        if isinstance(backbone_kwargs, Mapping) and "weights" in backbone_kwargs:
-            # The state_dict supersedes them; loading them would read or download a file.
-            hparams["backbone_kwargs"] = {
-                k: v for k, v in backbone_kwargs.items() if k != "weights"
-            }
-        checkpoint[key] = {**hparams, **kwargs}
+        built from them. A checkpoint of a custom backbone needs ``backbone=<the module>``.
+        Checkpoints that stored the deprecated names ``freeze_backbone`` and
+        ``backbone_lr_scale`` load under the new ones."""
+        return load_classifier_checkpoint(
+            cls,
+            checkpoint_path,
+            map_location=map_location,
+            hparams_file=hparams_file,
+            strict=strict,
+            weights_only=weights_only,
+            **kwargs,
+        )
 
-        token = _LOADING.set((source, strict, hparams))
-        try:
-            model = _load_state(cls, checkpoint, strict=strict, **kwargs)
-        finally:
-            _LOADING.reset(token)
-        tensors = (t for t in checkpoint["state_dict"].values() if isinstance(t, Tensor))
-        device = next(tensors, torch.tensor(0)).device
-        return model.to(device)  # type: ignore[return-value]
+
+# ---------------------------------------------------------------------------------- construction
+def _renamed(old: str, old_value: _T | None, new_value: _T, *, default: _T) -> _T:
+    """The value of a renamed argument, given by its deprecated name ``old`` or its new one."""
+    if old_value is None:
+        return new_value
+    warn_renamed_hparam(old)
+    if new_value != default and new_value != old_value:
+        new = RENAMED_HPARAMS[old]
+        raise ValueError(
+            f"ClassifierModule got {old}={old_value!r} and {new}={new_value!r}; {old} is the "
+            f"deprecated name of {new}: give only {new}"
+        )
+    return old_value
+
+
+def _check_arguments(
+    *,
+    num_classes: int,
+    class_names: Sequence[str] | None,
+    lr_scheduler_interval: str,
+    ema_decay: float | None,
+    warmup: tuple[int, int, float],
+    label_smoothing: float,
+    mix_alphas: tuple[float, float],
+    body_lr_scale: float,
+    predict_topk: int,
+) -> None:
+    """One line per bad argument, before anything is built."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"class_names has {len(class_names)} names but num_classes={num_classes}")
+    if lr_scheduler_interval not in ("epoch", "step"):
+        raise ValueError(
+            f"lr_scheduler_interval must be 'epoch' or 'step', got {lr_scheduler_interval!r}"
+        )
+    if ema_decay is not None and not 0.0 <= ema_decay <= 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1], got {ema_decay}")
+    warmup_epochs, warmup_steps, warmup_start_factor = warmup
+    if warmup_epochs < 0 or warmup_steps < 0:
+        raise ValueError(
+            f"warmup_epochs and warmup_steps must be >= 0, got {warmup_epochs} and {warmup_steps}"
+        )
+    if warmup_epochs and warmup_steps:
+        raise ValueError("give warmup_epochs or warmup_steps, not both")
+    if (warmup_epochs or warmup_steps) and not 0.0 < warmup_start_factor <= 1.0:
+        raise ValueError(f"warmup_start_factor must be in (0, 1], got {warmup_start_factor}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    for name, alpha in zip(("mixup_alpha", "cutmix_alpha"), mix_alphas, strict=True):
+        if alpha < 0:
+            raise ValueError(f"{name} must be >= 0 (0 disables it), got {alpha}")
+    if body_lr_scale < 0:
+        raise ValueError(f"body_lr_scale must be >= 0, got {body_lr_scale}")
+    if predict_topk < 1:
+        raise ValueError(f"predict_topk must be >= 1, got {predict_topk}")
+
+
+def _build_backbone(
+    backbone: str | nn.Module,
+    num_classes: int,
+    in_channels: int,
+    backbone_kwargs: dict[str, Any] | None,
+) -> nn.Module:
+    if isinstance(backbone, nn.Module):
+        return backbone
+    return create_backbone(
+        backbone, num_classes, in_channels=in_channels, **(backbone_kwargs or {})
+    )
+
+
+def _moving_average(backbone: nn.Module, decay: float | None) -> AveragedModel | None:
+    """An exponential moving average of ``backbone``'s weights and buffers, or ``None``."""
+    if decay is None:
+        return None
+    ema = AveragedModel(backbone, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema.requires_grad_(False)  # updated by averaging, never by gradients (DDP needs to know)
+    return ema
+
+
+def _batch_mixer(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> nn.Module | None:
+    """MixUp, CutMix, a random choice of the two per batch, or ``None``."""
+    mixers = [
+        transform(alpha=alpha, num_classes=num_classes)
+        for transform, alpha in ((v2.MixUp, mixup_alpha), (v2.CutMix, cutmix_alpha))
+        if alpha > 0
+    ]
+    if len(mixers) > 1:
+        return v2.RandomChoice(mixers)
+    return mixers[0] if mixers else None

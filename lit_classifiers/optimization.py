@@ -51,18 +51,19 @@ METRIC_MODES = {
 
 def build_param_groups(
     model: nn.Module,
-    head: nn.Module | None = None,
+    classifier: nn.Module | None = None,
     *,
     body_lr_scale: float = 1.0,
     no_weight_decay_norm_and_bias: bool = False,
 ) -> list[dict[str, Any]]:
     """Trainable parameters of ``model`` split into named optimizer groups.
 
-    With ``head`` given, its parameters form the ``head`` groups (learning rate as configured)
-    and the rest the ``body`` groups (learning rate times ``body_lr_scale``). With
-    ``no_weight_decay_norm_and_bias`` the parameters of :data:`NORM_LAYERS` and every bias go
-    to ``*_no_decay`` groups with ``weight_decay=0``. Head groups come first, so group 0 always
-    runs at the configured learning rate. Empty groups are left out.
+    With ``classifier`` (the model's final linear layer) given, its parameters form the
+    ``classifier`` groups (learning rate as configured) and the rest, the body, the ``body``
+    groups (learning rate times ``body_lr_scale``). With ``no_weight_decay_norm_and_bias`` the
+    parameters of :data:`NORM_LAYERS` and every bias go to ``*_no_decay`` groups with
+    ``weight_decay=0``. Classifier groups come first, so group 0 always runs at the configured
+    learning rate. Empty groups are left out.
     """
     no_decay: set[int] = set()
     if no_weight_decay_norm_and_bias:
@@ -70,22 +71,22 @@ def build_param_groups(
             for name, param in module.named_parameters(recurse=False):
                 if isinstance(module, NORM_LAYERS) or name == "bias":
                     no_decay.add(id(param))
-    head_ids = {id(p) for p in head.parameters()} if head is not None else None
+    classifier_ids = {id(p) for p in classifier.parameters()} if classifier is not None else None
 
     buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for param in model.parameters():
         if not param.requires_grad:
             continue
-        in_head = head_ids is None or id(param) in head_ids
-        buckets.setdefault((in_head, id(param) in no_decay), []).append(param)
+        in_classifier = classifier_ids is None or id(param) in classifier_ids
+        buckets.setdefault((in_classifier, id(param) in no_decay), []).append(param)
 
     groups = []
-    for in_head in (True, False):
+    for in_classifier in (True, False):
         for skip_decay in (False, True):
-            params = buckets.get((in_head, skip_decay))
+            params = buckets.get((in_classifier, skip_decay))
             if not params:
                 continue
-            part = None if head_ids is None else ("head" if in_head else "body")
+            part = None if classifier_ids is None else ("classifier" if in_classifier else "body")
             kind = None
             if no_weight_decay_norm_and_bias:
                 kind = "no_decay" if skip_decay else ("decay" if part is None else None)
@@ -93,7 +94,7 @@ def build_param_groups(
             group: dict[str, Any] = {
                 "params": params,
                 "name": name,
-                "lr_scale": 1.0 if in_head else body_lr_scale,
+                "lr_scale": 1.0 if in_classifier else body_lr_scale,
             }
             if skip_decay:
                 group["weight_decay"] = 0.0

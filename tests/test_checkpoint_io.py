@@ -11,13 +11,14 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from helpers.modules import NUM_CLASSES, TinyNet, make_loader, make_trainer, sgd
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import AsyncCheckpointIO
 
@@ -27,6 +28,7 @@ from lit_classifiers.checkpoint_io import (
     SafeCheckpointIO,
     UnsafeCheckpointError,
     check_checkpoint_hparams,
+    default_map_location,
     read_checkpoint,
 )
 from lit_classifiers.module import ClassifierModule
@@ -273,6 +275,64 @@ def test_checkpoint_of_another_model_gives_one_line(tmp_path: Path) -> None:
     assert loaded.hparams.backbone == "resnet20" and loaded.num_classes == NUM_CLASSES
     model = ClassifierModule(TinyNet(), num_classes=NUM_CLASSES, optimizer=sgd)
     make_trainer(max_epochs=2, limit_train_batches=1).fit(model, make_loader(8), ckpt_path=tiny)
+
+
+@pytest.mark.filterwarnings("ignore:Found .* module.s. in eval mode")
+def test_checkpoint_with_the_old_argument_names_loads_under_the_new_ones(tmp_path: Path) -> None:
+    model = ClassifierModule("resnet20", num_classes=NUM_CLASSES, optimizer=sgd, freeze_body=True)
+    trainer = make_trainer(max_steps=1)
+    trainer.fit(model, make_loader(4))
+    trainer.save_checkpoint(tmp_path / "new.ckpt")
+    checkpoint = torch.load(tmp_path / "new.ckpt", weights_only=True)
+    hparams = checkpoint["hyper_parameters"]
+    assert hparams["freeze_body"] is True and hparams["body_lr_scale"] == 1.0
+    assert not {"freeze_backbone", "backbone_lr_scale"} & set(hparams)
+    # What a checkpoint saved before the rename holds.
+    hparams["freeze_backbone"] = hparams.pop("freeze_body")
+    hparams.pop("body_lr_scale")
+    hparams["backbone_lr_scale"] = 0.25
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = ClassifierModule.load_from_checkpoint(old)
+    # Silent: whoever loads an old checkpoint has nothing to change.
+    assert not [w for w in caught if "deprecated" in str(w.message)], caught
+    assert loaded.hparams.freeze_body is True and loaded.hparams.body_lr_scale == 0.25
+    assert not {"freeze_backbone", "backbone_lr_scale"} & set(loaded.hparams)
+    trainable = [n for n, p in loaded.backbone.named_parameters() if p.requires_grad]
+    assert trainable == ["fc.weight", "fc.bias"]
+    for key, value in checkpoint["state_dict"].items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+    # A caller's override under an old name wins over the stored value, with a warning.
+    with pytest.warns(DeprecationWarning, match=r"'freeze_backbone' is deprecated.*'freeze_body'"):
+        unfrozen = ClassifierModule.load_from_checkpoint(old, freeze_backbone=False)
+    assert unfrozen.hparams.freeze_body is False
+    assert all(p.requires_grad for p in unfrozen.backbone.parameters())
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="give only"):
+        ClassifierModule.load_from_checkpoint(old, backbone_lr_scale=0.5, body_lr_scale=0.1)
+    # And an old checkpoint resumes a fit.
+    make_trainer(max_steps=2).fit(loaded, make_loader(4), ckpt_path=old)
+
+
+def test_bare_weights_file_is_named_as_such(tmp_path: Path) -> None:
+    weights = tmp_path / "weights.pt"
+    torch.save(ClassifierModule(TinyNet(), num_classes=NUM_CLASSES).state_dict(), weights)
+    with pytest.raises(CheckpointError, match=r"has no state_dict: it is not a Lightning") as error:
+        ClassifierModule.load_from_checkpoint(weights, backbone=TinyNet())
+    assert str(weights) in one_line(error)
+
+
+def test_default_map_location_moves_only_storages_of_missing_devices() -> None:
+    storage = torch.zeros(2).untyped_storage()
+    assert default_map_location(storage, "cpu") is None  # torch.load's own placement
+    moved = default_map_location(storage, "cuda:0")
+    if torch.cuda.is_available():
+        assert moved is None
+    else:
+        assert moved is not None and moved.device.type == "cpu"
 
 
 # ------------------------------------------------------------------------------------------ hparams

@@ -27,19 +27,20 @@ from datamodules.archives import extract_tar, safe_member_path
 from datamodules.base import default_num_workers
 from datamodules.decoding import ImageDecodeError, decode_crop
 from datamodules.files import class_tree_samples, index_images
-from datamodules.splits import resolve_split_size, stratified_split
+from datamodules.splits import check_split_size, resolve_split_size, stratified_split
 from datamodules.transforms import CenterCropDecode, RandomResizedCropDecode
 
 
 def test_package_exports() -> None:
-    assert set(datamodules.__all__) == {
+    datamodule_names = {
         "ImageClassificationDataModule",
         "STL10DataModule",
         "ImageNetDataModule",
         "ImageFolderDataModule",
         "DigitsDataModule",
     }
-    for name in datamodules.__all__:
+    assert set(datamodules.__all__) == datamodule_names | {"DatasetInfo", "dataset_info"}
+    for name in datamodule_names:
         assert issubclass(getattr(datamodules, name), datamodules.ImageClassificationDataModule)
 
 
@@ -55,6 +56,25 @@ def test_resolve_split_size() -> None:
     for bad in (True, -1, 10, 1.0, -0.1, "5"):
         with pytest.raises(ValueError, match="val_split"):
             resolve_split_size(bad, 10)  # type: ignore[arg-type]
+
+
+def test_check_split_size_needs_no_data(tmp_path: Path) -> None:
+    assert check_split_size(10**9) == 10**9 and check_split_size(0.25) == 0.25
+    for bad in (True, -1, 1.0, -0.1, "5", float("nan"), None):
+        with pytest.raises(ValueError, match="test_split"):
+            check_split_size(bad, "test_split")  # type: ignore[arg-type]
+    # every datamodule checks its split sizes when it is built, before any data is read
+    from datamodules import DigitsDataModule, ImageFolderDataModule, ImageNetDataModule
+
+    with pytest.raises(ValueError, match=r"test_split=1\.5 must be a fraction"):
+        DigitsDataModule(test_split=1.5)
+    with pytest.raises(ValueError, match=r"val_split=-3 must be a count >= 0"):
+        DigitsDataModule(val_split=-3)
+    with pytest.raises(ValueError, match="val_split must be an int .* got True"):
+        ImageNetDataModule(str(tmp_path), val_split=True)
+    (tmp_path / "train").mkdir()
+    with pytest.raises(ValueError, match=r"val_split=2\.0 must be a fraction"):
+        ImageFolderDataModule(str(tmp_path), val_split=2.0)
 
 
 def test_stratified_split_proportions_and_determinism() -> None:

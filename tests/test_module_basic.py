@@ -147,7 +147,6 @@ def test_logged_names_in_tensorboard(tmp_path: Path) -> None:
     expected = {"train/loss", "train/acc1", "train/lr"} | EVAL_METRICS
     assert expected <= set(tags["scalars"])
     assert len(events.Scalars("val/acc1")) == 2  # once per epoch, none from the sanity check
-    assert all(0.0 <= e.value <= 1.0 for e in events.Scalars("val/acc1"))
     assert {"val/confusion_matrix", "val/misclassified"} <= set(tags["images"])
     assert len(events.Images("val/confusion_matrix")) == 2
 
@@ -158,7 +157,8 @@ def test_logged_names_in_tensorboard(tmp_path: Path) -> None:
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     assert start.session_start_info.hparams["num_classes"].number_value == NUM_CLASSES
     hparams = start.session_start_info.hparams
-    assert hparams["backbone_lr_scale"].number_value == 1.0
+    assert hparams["body_lr_scale"].number_value == 1.0
+    assert "backbone_lr_scale" not in hparams and "freeze_backbone" not in hparams
     assert "class_names" not in hparams and "optimizer" not in hparams  # data and code
 
 

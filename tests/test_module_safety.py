@@ -155,4 +155,28 @@ def test_constructor_rejects_inconsistent_arguments() -> None:
     with pytest.raises(ValueError, match="class_names has 2 names"):
         ClassifierModule(TinyNet(), num_classes=NUM_CLASSES, class_names=["a", "b"])
     with pytest.raises(ValueError, match="get_classifier"):
-        ClassifierModule(sequential_net(), num_classes=NUM_CLASSES, freeze_backbone=True)
+        ClassifierModule(sequential_net(), num_classes=NUM_CLASSES, freeze_body=True)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_classes": 1}, r"num_classes must be >= 2, got 1"),
+        ({"lr_scheduler_interval": "batch"}, r"lr_scheduler_interval must be 'epoch' or 'step'"),
+        ({"ema_decay": 1.5}, r"ema_decay must be in \[0, 1\], got 1.5"),
+        ({"warmup_epochs": 2, "warmup_steps": 10}, r"give warmup_epochs or warmup_steps, not both"),
+        ({"warmup_steps": -1}, r"warmup_epochs and warmup_steps must be >= 0, got 0 and -1"),
+        ({"warmup_epochs": 1, "warmup_start_factor": 0.0}, r"warmup_start_factor .* got 0.0"),
+        ({"label_smoothing": 1.5}, r"label_smoothing must be in \[0, 1\], got 1.5"),
+        ({"cutmix_alpha": -0.2}, r"cutmix_alpha must be >= 0 \(0 disables it\), got -0.2"),
+        ({"body_lr_scale": -0.1}, r"body_lr_scale must be >= 0, got -0.1"),
+        ({"predict_topk": 0}, r"predict_topk must be >= 1, got 0"),
+    ],
+)
+def test_bad_arguments_are_refused_in_one_line_before_anything_is_built(
+    kwargs: dict[str, object], message: str
+) -> None:
+    arguments = {"num_classes": NUM_CLASSES, **kwargs}
+    with pytest.raises(ValueError, match=message) as error:
+        ClassifierModule("resnet20", **arguments)  # type: ignore[arg-type]
+    assert "\n" not in str(error.value)

@@ -155,7 +155,6 @@ def test_notebook_executes_in_quick_mode(tmp_path: Path, monkeypatch: pytest.Mon
         assert checkpoint.suffix == ".ckpt" and checkpoint.is_file(), name
         assert checkpoint.is_relative_to((workdir / "runs").resolve()), checkpoint
         assert list(Path(result["log_dir"]).glob("events.out.tfevents.*")), name
-        assert 0.0 <= result["best_val_acc1"] <= 1.0 and 0.0 <= result["test_acc1"] <= 1.0
         assert probe["val_acc1_points"][name] == 2  # one validation per quick epoch
 
     # The confusion matrix counts every test image; the prediction names its top 3 classes.

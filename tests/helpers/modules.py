@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from datamodules import DatasetInfo
 from lit_classifiers.models.base import Backbone
 
 NUM_CLASSES = 5
@@ -102,6 +103,12 @@ class TinyDataModule(pl.LightningDataModule):
         self.n, self.batch_size = n, batch_size
         self.num_classes = num_classes
         self.class_names = [f"class{i}" for i in range(num_classes)]
+
+    @property
+    def info(self) -> DatasetInfo:
+        return DatasetInfo(
+            "tiny", tuple(self.class_names), self.in_channels, SIZE, self.mean, self.std
+        )
 
     def _loader(self, shuffle: bool = False) -> DataLoader:
         images, labels = make_tensors(self.n, self.num_classes)
