@@ -165,9 +165,17 @@ class AlexNet(Backbone):
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = torch.flatten(self.avgpool(self.features(x)), 1)
-        for layer in self.classifier[:-1]:
-            x = layer(x)
+        # Every layer of the head but the classifier, its last. TorchScript cannot call the
+        # layers of a sliced Sequential, but unrolls this loop.
+        last = len(self.classifier) - 1
+        for index, layer in enumerate(self.classifier):
+            if index < last:
+                x = layer(x)
         return x
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        # The classifier is the head's last layer; indexing it (not get_submodule) scripts.
+        return self.classifier[-1](features)
 
 
 @register_backbone

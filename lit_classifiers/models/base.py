@@ -15,13 +15,43 @@ Fine-tuning and the training module rely on that split: ``num_features``,
 ``forward_features``, ``get_classifier`` and ``reset_classifier``.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: TorchScript reads the class annotations of
+# Backbone (``name: str``, ...) as types, and cannot resolve them once they are strings.
+import torch
 from torch import Tensor, nn
 
 from lit_classifiers.registry import BackboneInfo
 
-__all__ = ["Backbone"]
+__all__ = ["Backbone", "check_image_batch"]
+
+
+# A leaf function for torch.fx, as torchvision makes the shape-dependent helpers of its Swin
+# Transformer (``torch.fx.wrap("_patch_merging_pad")``): symbolic tracing cannot branch on a
+# traced shape, so the check stays one call in the graph and runs, on real tensors, whenever
+# the traced module does. TorchScript compiles it as it is; torch.export evaluates it once.
+@torch.fx.wrap
+def check_image_batch(x: Tensor, name: str, in_channels: int, min_input_size: int) -> Tensor:
+    """Reject inputs a network cannot process before any computation is spent on them.
+
+    Returns ``x`` unchanged, so that the check lies on the data path of a traced graph and no
+    pruning of unused nodes (``create_feature_extractor``'s) drops it.
+    """
+    if x.dim() != 4:
+        raise ValueError(
+            f"{name} expects a batch of images (N, C, H, W), got shape {list(x.shape)}"
+        )
+    if x.size(1) != in_channels:
+        raise ValueError(
+            f"{name} was built for in_channels={in_channels}, "
+            f"got an input with {x.size(1)} channels"
+        )
+    height, width = x.size(2), x.size(3)
+    if height < min_input_size or width < min_input_size:
+        raise ValueError(
+            f"{name} needs inputs of at least {min_input_size}x"
+            f"{min_input_size} pixels, got {height}x{width}"
+        )
+    return x
 
 
 class Backbone(nn.Module):
@@ -40,6 +70,8 @@ class Backbone(nn.Module):
     min_input_size: int = 1
     classifier_name: str
     first_conv_name: str | None = None
+    # Properties are compiled by torch.jit.script unless listed here; forward needs none.
+    __jit_unused_properties__ = ["num_classes"]
 
     def __init__(self, name: str | BackboneInfo) -> None:
         super().__init__()
@@ -61,26 +93,12 @@ class Backbone(nn.Module):
         return self.get_classifier()(features)
 
     def forward(self, x: Tensor) -> Tensor:
-        self.check_input(x)
+        x = check_image_batch(x, self.name, self.in_channels, self.min_input_size)
         return self.forward_head(self.forward_features(x))
 
     def check_input(self, x: Tensor) -> None:
         """Reject inputs the network cannot process before any computation is spent on them."""
-        if x.ndim != 4:
-            raise ValueError(
-                f"{self.name} expects a batch of images (N, C, H, W), got shape {tuple(x.shape)}"
-            )
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"{self.name} was built for in_channels={self.in_channels}, "
-                f"got an input with {x.shape[1]} channels"
-            )
-        height, width = x.shape[-2:]
-        if height < self.min_input_size or width < self.min_input_size:
-            raise ValueError(
-                f"{self.name} needs inputs of at least {self.min_input_size}x"
-                f"{self.min_input_size} pixels, got {height}x{width}"
-            )
+        check_image_batch(x, self.name, self.in_channels, self.min_input_size)
 
     def get_classifier(self) -> nn.Linear:
         """The classifier: the final linear layer, at ``classifier_name``."""

@@ -74,6 +74,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
 
+    # torch.jit.script compiles properties unless told otherwise; forward does not use it.
+    __jit_unused_properties__ = ["last_bn"]
+
     @property
     def last_bn(self) -> nn.BatchNorm2d:
         return self.bn2
@@ -102,6 +105,9 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
+
+    # torch.jit.script compiles properties unless told otherwise; forward does not use it.
+    __jit_unused_properties__ = ["last_bn"]
 
     @property
     def last_bn(self) -> nn.BatchNorm2d:
