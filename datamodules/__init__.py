@@ -12,6 +12,7 @@ from datamodules.image_folder import ImageFolderDataModule
 from datamodules.imagenet import ImageNetDataModule
 from datamodules.info import DatasetInfo, dataset_info
 from datamodules.stl10 import STL10DataModule
+from datamodules.streaming import StreamingDataModule
 
 __all__ = [
     "DatasetInfo",
@@ -20,5 +21,6 @@ __all__ = [
     "ImageFolderDataModule",
     "ImageNetDataModule",
     "STL10DataModule",
+    "StreamingDataModule",
     "dataset_info",
 ]

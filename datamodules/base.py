@@ -23,14 +23,12 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.augment import TrainAugment
 from datamodules.datasets import FileImageDataset, OnBadImage, SkipCollate
+from datamodules.eval_views import ExactCenterCrop, eval_batch_size, requested_views, with_views
 from datamodules.files import default_cache_dirs, index_images
 from datamodules.info import DatasetInfo
-from datamodules.transforms import (
-    CenterCropDecode,
-    RandomResizedCropDecode,
-    default_resize_size,
-)
+from datamodules.transforms import default_resize_size
 
 __all__ = [
     "FileImageDataModule",
@@ -211,6 +209,15 @@ class ImageClassificationDataModule(LightningDataModule):
         if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], Tensor):
             images = self.normalize(batch[0])
             return [images, *batch[1:]] if isinstance(batch, list) else (images, *batch[1:])
+        if (  # dense evaluation: one tensor of views per scale (datamodules.eval_views)
+            isinstance(batch, (list, tuple))
+            and batch
+            and isinstance(batch[0], (list, tuple))
+            and batch[0]
+            and all(isinstance(views, Tensor) for views in batch[0])
+        ):
+            images = [self.normalize(views) for views in batch[0]]
+            return [images, *batch[1:]] if isinstance(batch, list) else (images, *batch[1:])
         return batch
 
     # ------------------------------------------------------------------ splits
@@ -248,10 +255,12 @@ class ImageClassificationDataModule(LightningDataModule):
     def _collate(self, paths: bool = False) -> Callable[[list[Any]], Any]:
         return SkipCollate((self.in_channels, self.image_size, self.image_size), paths=paths)
 
-    def _loader(self, dataset: Dataset, shuffle: bool, paths: bool = False) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, shuffle: bool, paths: bool = False, batch_size: int | None = None
+    ) -> DataLoader:
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=self.batch_size if batch_size is None else batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
             pin_memory=self.uses_pin_memory,
@@ -264,15 +273,24 @@ class ImageClassificationDataModule(LightningDataModule):
         return self._loader(self._dataset("train"), shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset("val"), shuffle=False)
+        return self._eval_loader(self._dataset("val"))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset("test"), shuffle=False)
+        return self._eval_loader(self._dataset("test"))
+
+    def _eval_loader(self, dataset: Dataset, paths: bool = False) -> DataLoader:
+        """An evaluation loader yielding the views of each image that the model being
+        evaluated asks for (its ``eval_protocol``; see :mod:`datamodules.eval_views`)."""
+        views = requested_views(self.trainer, self.image_size)
+        mode = "RGB" if self.in_channels == 3 else "L"
+        dataset = with_views(dataset, views, self.image_size, self.eval_resize_size, mode)
+        batch_size = eval_batch_size(views, self.batch_size)
+        return self._loader(dataset, shuffle=False, paths=paths, batch_size=batch_size)
 
     def predict_transform(self) -> Callable[[str], Tensor]:
         """The evaluation transform, applied to an arbitrary image file."""
         mode = "RGB" if self.in_channels == 3 else "L"
-        return CenterCropDecode(self.image_size, self.eval_resize_size, mode=mode)
+        return ExactCenterCrop(self.image_size, self.eval_resize_size, mode=mode)
 
     def predict_dataloader(self) -> DataLoader:
         if self.predict_dir is None:
@@ -285,7 +303,7 @@ class ImageClassificationDataModule(LightningDataModule):
         dataset = FileImageDataset(
             index.root, index.paths, None, self.predict_transform(), self.on_bad_image
         )
-        return self._loader(dataset, shuffle=False, paths=True)
+        return self._eval_loader(dataset, paths=True)
 
     # ------------------------------------------------------------------ pickling (ddp_spawn)
     def __getstate__(self) -> dict[str, Any]:
@@ -297,9 +315,14 @@ class ImageClassificationDataModule(LightningDataModule):
 class FileImageDataModule(ImageClassificationDataModule):
     """What the datamodules that decode image files share (ImageNet, ImageFolder).
 
-    Training images get RandomResizedCrop + flip, evaluation images resize + centre crop, both
-    fused into decoding (:mod:`datamodules.transforms`); file listings are cached
-    (:mod:`datamodules.files`).
+    Training images get the ``train_augment`` preset (RandomResizedCrop + flip by default; see
+    :mod:`datamodules.augment`), evaluation images resize + centre crop, both fused into decoding
+    (:mod:`datamodules.transforms`); file listings are cached (:mod:`datamodules.files`).
+
+    ``train_augment``, ``train_policy`` and ``random_erasing`` are checked here, when the
+    datamodule is made; ``erase_fill`` is the colour (per channel, in [0, 1]) that random erasing
+    paints: subclasses pass their normalisation mean, which normalises to 0 as in torchvision's
+    references (erasing after ``Normalize`` with value 0).
     """
 
     def __init__(
@@ -316,6 +339,10 @@ class FileImageDataModule(ImageClassificationDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
         predict_dir: str | None = None,
+        train_augment: str = "inception",
+        train_policy: str | None = None,
+        random_erasing: float = 0.0,
+        erase_fill: tuple[float, ...] = (0.5, 0.5, 0.5),
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -336,10 +363,15 @@ class FileImageDataModule(ImageClassificationDataModule):
         self.on_bad_image = on_bad_image
         self.cache_dir = cache_dir
         self._image_size = image_size
-        eval_crop = CenterCropDecode(image_size, eval_resize)  # checks eval_resize
+        augment = TrainAugment(train_augment, train_policy, random_erasing)
+        self.train_augment = train_augment
+        self.train_policy = train_policy
+        self.random_erasing = random_erasing
+        # Exactly torchvision's Resize + CenterCrop (datamodules.eval_views); checks eval_resize.
+        eval_crop = ExactCenterCrop(image_size, eval_resize)
         self._eval_resize_size = eval_crop.resize_size
         # Files need decoding, so here neither transform is ever None.
-        self.train_transform = RandomResizedCropDecode(image_size, scale=(min_scale, 1.0))
+        self.train_transform = augment.file_transform(image_size, min_scale, erase_fill)
         self.eval_transform = eval_crop
 
     @property

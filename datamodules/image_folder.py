@@ -40,12 +40,16 @@ class ImageFolderDataModule(FileImageDataModule):
         image_size: Training and evaluation crop side.
         eval_resize: Shorter side before the evaluation centre crop; default ``image_size *
             256 / 224``.
-        min_scale: Smallest crop area fraction of RandomResizedCrop.
+        min_scale: Smallest crop area fraction of RandomResizedCrop (``train_augment=
+            "inception"`` only).
         val_split: Hold-out from train when there is no ``val/`` (int count or float fraction).
         mean, std: Per-channel normalisation in [0, 1] units. Default: ImageNet's, which is
             right when fine-tuning ImageNet-pretrained weights, the common case for own data.
         on_bad_image: ``"error"`` or ``"skip"`` (with a warning counting the skips).
         cache_dir: Where file-index caches go (see :class:`ImageNetDataModule`).
+        train_augment, train_policy, random_erasing: Training augmentation, as for
+            :class:`ImageNetDataModule` (see :mod:`datamodules.augment`); erased regions are
+            filled with ``mean``.
         batch_size, num_workers, pin_memory, persistent_workers, seed, predict_dir: see
             :class:`ImageClassificationDataModule`.
     """
@@ -61,6 +65,9 @@ class ImageFolderDataModule(FileImageDataModule):
         std: tuple[float, float, float] | None = None,
         on_bad_image: Literal["error", "skip"] = "error",
         cache_dir: str | None = None,
+        train_augment: str = "inception",
+        train_policy: str | None = None,
+        random_erasing: float = 0.0,
         batch_size: int = 64,
         num_workers: int | None = None,
         pin_memory: bool = True,
@@ -73,6 +80,13 @@ class ImageFolderDataModule(FileImageDataModule):
             raise FileNotFoundError(
                 f"expected training images in {train_dir}/<class>/ (data_dir={data_dir!r})"
             )
+        for name, value in (("mean", mean), ("std", std)):
+            if value is not None and (len(value) != 3 or any(v < 0 for v in value)):
+                raise ValueError(f"{name} must be 3 non-negative floats (R, G, B), got {value!r}")
+        if std is not None and any(v == 0 for v in std):
+            raise ValueError(f"std must be positive, got {std!r}")
+        # Known before the base class builds the training transform, whose erasing paints it.
+        resolved_mean = tuple(float(v) for v in mean) if mean is not None else IMAGENET_MEAN
         super().__init__(
             data_dir=data_dir,
             image_size=image_size,
@@ -86,14 +100,13 @@ class ImageFolderDataModule(FileImageDataModule):
             persistent_workers=persistent_workers,
             seed=seed,
             predict_dir=predict_dir,
+            train_augment=train_augment,
+            train_policy=train_policy,
+            random_erasing=random_erasing,
+            erase_fill=resolved_mean,
         )
-        for name, value in (("mean", mean), ("std", std)):
-            if value is not None and (len(value) != 3 or any(v < 0 for v in value)):
-                raise ValueError(f"{name} must be 3 non-negative floats (R, G, B), got {value!r}")
-        if std is not None and any(v == 0 for v in std):
-            raise ValueError(f"std must be positive, got {std!r}")
         self.val_split = check_split_size(val_split, "val_split")  # its size is checked in setup
-        self._mean = tuple(float(v) for v in mean) if mean is not None else IMAGENET_MEAN
+        self._mean = resolved_mean
         self._std = tuple(float(v) for v in std) if std is not None else IMAGENET_STD
         self._folders: list[str] | None = None
         self.save_hyperparameters()

@@ -95,7 +95,8 @@ class ImageNetDataModule(FileImageDataModule):
         image_size: Training and evaluation crop side (224; 227 for the paper's AlexNet).
         eval_resize: Shorter side before the evaluation centre crop; default ``image_size *
             256 / 224``.
-        min_scale: Smallest crop area fraction of RandomResizedCrop (torchvision: 0.08).
+        min_scale: Smallest crop area fraction of RandomResizedCrop (torchvision: 0.08); only
+            for ``train_augment="inception"``.
         val_split: Hold-out from train used as ``val`` (an int count or a float fraction);
             0 validates on the official validation set.
         on_bad_image: ``"error"`` raises on an undecodable file naming it; ``"skip"`` drops
@@ -107,6 +108,13 @@ class ImageNetDataModule(FileImageDataModule):
             ``prepare_data`` extracts them (minutes for the 138 GB train archive; a success is
             remembered in a ``.<archive>.md5-verified`` stamp next to it until the file
             changes). ``False`` skips the check, e.g. for archives you repacked yourself.
+        train_augment: Training crop preset: ``"inception"`` (RandomResizedCrop + flip,
+            torchvision's recipe), ``"alexnet"``, ``"vgg"``, ``"vgg_fixed_256"``,
+            ``"vgg_fixed_384"`` or ``"resnet"`` (the papers' rescale-and-crop with PCA colour
+            lighting); see :mod:`datamodules.augment`.
+        train_policy: ``None``, ``"randaugment"``, ``"trivialaugment"`` or ``"autoaugment"``,
+            applied to the crop.
+        random_erasing: Probability of RandomErasing (filled with the ImageNet mean colour).
         batch_size, num_workers, pin_memory, persistent_workers, seed, predict_dir: see
             :class:`ImageClassificationDataModule`.
     """
@@ -121,6 +129,9 @@ class ImageNetDataModule(FileImageDataModule):
         on_bad_image: Literal["error", "skip"] = "error",
         cache_dir: str | None = None,
         verify_archives: bool = True,
+        train_augment: str = "inception",
+        train_policy: str | None = None,
+        random_erasing: float = 0.0,
         batch_size: int = 64,
         num_workers: int | None = None,
         pin_memory: bool = True,
@@ -143,6 +154,10 @@ class ImageNetDataModule(FileImageDataModule):
             persistent_workers=persistent_workers,
             seed=seed,
             predict_dir=predict_dir,
+            train_augment=train_augment,
+            train_policy=train_policy,
+            random_erasing=random_erasing,
+            erase_fill=IMAGENET_MEAN,
         )
         self.val_split = check_split_size(val_split, "val_split")  # its size is checked in setup
         if not isinstance(verify_archives, bool):

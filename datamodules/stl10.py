@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from datamodules.archives import download_url, extract_tar, md5sum, offline_hint
+from datamodules.augment import ARRAY_PRESETS, TrainAugment
 from datamodules.base import ImageClassificationDataModule, check_image_size
 from datamodules.datasets import ArrayImageDataset
 from datamodules.info import DatasetInfo
@@ -190,7 +191,14 @@ class STL10DataModule(ImageClassificationDataModule):
         fold: One of the 10 official training folds (1,000 images each), or ``None`` for all
             5,000 training images.
         image_size: Side of the images the loaders yield; 96 is the native size.
-        augment: Training augmentation (see :meth:`_make_train_transform`).
+        augment: ``False`` turns training augmentation off (images are only resized to
+            ``image_size``); then ``train_augment``, ``train_policy`` and ``random_erasing``
+            must stay at their defaults.
+        train_augment: Training crop preset (see :meth:`_make_train_transform`):
+            ``"pad_crop"`` (the default), or one of the ImageNet presets of
+            :mod:`datamodules.augment` scaled to the 96 px images.
+        train_policy: ``None``, ``"randaugment"``, ``"trivialaugment"`` or ``"autoaugment"``.
+        random_erasing: Probability of RandomErasing (filled with the STL-10 mean colour).
         download: Fetch the official archive (2.6 GB) in ``prepare_data`` if the files are
             missing.
         batch_size, num_workers, pin_memory, persistent_workers, seed, predict_dir: see
@@ -207,6 +215,9 @@ class STL10DataModule(ImageClassificationDataModule):
         fold: int | None = None,
         image_size: int = 96,
         augment: bool = True,
+        train_augment: str = "pad_crop",
+        train_policy: str | None = None,
+        random_erasing: float = 0.0,
         download: bool = False,
         batch_size: int = 64,
         num_workers: int | None = None,
@@ -236,6 +247,19 @@ class STL10DataModule(ImageClassificationDataModule):
         self.fold = fold
         self._image_size = image_size
         self.augment = augment
+        self._train_augment = TrainAugment(
+            train_augment, train_policy, random_erasing, presets=ARRAY_PRESETS, where="STL-10"
+        )
+        if not augment and (train_augment, train_policy, random_erasing) != ("pad_crop", None, 0):
+            raise ValueError(
+                f"augment=False turns training augmentation off, so train_augment="
+                f"{train_augment!r}, train_policy={train_policy!r}, random_erasing="
+                f"{random_erasing!r} would be ignored; set augment=True or leave them at their "
+                "defaults ('pad_crop', None, 0)"
+            )
+        self.train_augment = train_augment
+        self.train_policy = train_policy
+        self.random_erasing = random_erasing
         self.download = download
         self.train_transform = self._make_train_transform()
         self.eval_transform = self._make_eval_transform()
@@ -273,21 +297,28 @@ class STL10DataModule(ImageClassificationDataModule):
 
     # ------------------------------------------------------------------ transforms
     def _make_train_transform(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """Shift by up to 12 px (1/8 of the side, reflect-padded) and mirror half the time.
+        """The ``train_augment`` preset on the stored 96 px images (:mod:`datamodules.augment`).
 
-        The CIFAR recipe scaled to 96 px: at this resolution with only 4,500 labelled training
-        images, translation and flips help while aggressive scale jitter (ImageNet's 8-100 %
-        crops) throws away too much of each small image.
+        ``pad_crop`` (the default): shift by up to 12 px (1/8 of the side, reflect-padded) and
+        mirror half the time, then resize to ``image_size`` if that is not 96. The CIFAR recipe
+        scaled to 96 px: at this resolution with only 4,500 labelled training images,
+        translation and flips help while aggressive scale jitter (ImageNet's 8-100 % crops)
+        throws away too much of each small image.
+
+        The ImageNet presets scale with the images: the stored 96 px image stands in for the
+        photograph and every pixel number of a preset is multiplied by ``image_size / 224``, so
+        the crop keeps the paper's ratio to the rescaled image. At the native 96 px, ``alexnet``
+        rescales to 110 (256 x 96/224) and crops 96 from the central 110 square; ``vgg`` draws
+        the shorter side S from [110, 219] ([256, 512] x 96/224), ``vgg_fixed_256`` /
+        ``vgg_fixed_384`` use S = 110 / 165, ``resnet`` S in [110, 206]; each then crops 96
+        (rescale and crop in two steps, as in the papers). ``inception`` is RandomResizedCrop
+        (8-100 %, 3/4-4/3) to ``image_size``. Evaluation stays the whole 96 px image.
         """
-        steps: list[v2.Transform] = []
-        if self.augment:
-            steps += [
-                v2.RandomCrop(IMAGE_SHAPE[1], padding=12, padding_mode="reflect"),
-                v2.RandomHorizontalFlip(),
-            ]
-        if self._image_size != IMAGE_SHAPE[1]:
-            steps.append(v2.Resize((self._image_size, self._image_size), antialias=True))
-        return v2.Compose(steps) if steps else None
+        if not self.augment:
+            if self._image_size == IMAGE_SHAPE[1]:
+                return None
+            return v2.Resize((self._image_size, self._image_size), antialias=True)
+        return self._train_augment.array_transform(self._image_size, IMAGE_SHAPE[1], STL10_MEAN)
 
     def _make_eval_transform(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         if self._image_size == IMAGE_SHAPE[1]:

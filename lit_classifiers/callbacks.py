@@ -1,10 +1,14 @@
 """Training helpers of :class:`~lit_classifiers.ClassifierModule` that are not its core steps.
 
-* :class:`ClassifierTensorBoard` puts the hyperparameters on TensorBoard's HParams tab next to
-  the real validation and test metrics, and draws a confusion matrix and a grid of misclassified
-  validation images after each validation epoch. The module attaches one automatically (see
-  ``ClassifierModule.configure_callbacks``); it does nothing unless a ``TensorBoardLogger`` is
-  in use.
+* :class:`ClassifierTensorBoard` puts each run on TensorBoard's HParams tab with the settings
+  runs are compared by (see :func:`run_hparams`) next to the real validation and test metrics,
+  adds a Custom Scalars layout (train vs validation accuracy on one chart), and draws a
+  confusion matrix and a grid of misclassified validation images after each validation epoch.
+  The module attaches one automatically (see ``ClassifierModule.configure_callbacks``); it does
+  nothing unless a ``TensorBoardLogger`` is in use.
+* :class:`ClassifierTensorBoardLogger` is a ``TensorBoardLogger`` whose Scalars view opens on
+  ``train/`` and ``val/``: it leaves out Lightning's ``epoch`` and ``hp_metric`` scalars and
+  plots the once-per-epoch metrics (``val/*``, ``test/*``, ``train/acc1``) against the epoch.
 * :func:`check_finite_loss` stops training at the first non-finite loss, before the optimizer
   step that would spread it into the weights.
 """
@@ -12,6 +16,8 @@
 from __future__ import annotations
 
 import math
+import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,25 +25,69 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from matplotlib.figure import Figure
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from datamodules.info import dataset_info
+from lit_classifiers.optimization import WARMUP_NAME, optimizer_hparams
 from lit_classifiers.predictions import readable_text
 
 __all__ = [
+    "CUSTOM_SCALARS_LAYOUT",
     "HPARAMS_METRICS",
     "ClassifierTensorBoard",
+    "ClassifierTensorBoardLogger",
     "NonFiniteLossError",
     "check_finite_loss",
     "confusion_matrix_figure",
+    "folder_has_hparams",
+    "hparams_summaries",
     "misclassified_figure",
+    "run_hparams",
 ]
 
 #: Metrics shown on the HParams tab. They are the scalars the module logs anyway, so the tab
 #: reads their real values instead of a placeholder ``hp_metric``.
 HPARAMS_METRICS = ("val/acc1", "val/acc5", "val/loss", "test/acc1", "test/acc5", "test/loss")
+
+#: TensorBoard's Custom Scalars tab: ``{category: {chart: ["Multiline", [tag regexes]]}}``.
+CUSTOM_SCALARS_LAYOUT: dict[str, dict[str, list[Any]]] = {
+    "accuracy": {
+        "top-1 accuracy: train vs val": ["Multiline", [r"^train/acc1$", r"^val/acc1$"]],
+        "top-5 accuracy (val)": ["Multiline", [r"^val/acc5$"]],
+    },
+    "loss": {
+        "train loss (per step)": ["Multiline", [r"^train/loss$"]],
+        "val loss (per epoch)": ["Multiline", [r"^val/loss$"]],
+    },
+    "learning rate": {"learning rate per parameter group": ["Multiline", [r"^train/lr"]]},
+}
+
+#: Metrics logged once per epoch, which ClassifierTensorBoardLogger plots against the epoch.
+PER_EPOCH_PREFIXES = ("val/", "test/", "train/acc1")
+
+#: Datamodule arguments that say where data lives or how it is loaded, not what a model learns
+#: from: left off the HParams tab (paths would also make every run's row differ).
+_DATA_PLUMBING = frozenset(
+    {
+        "data_dir",
+        "input_dir",
+        "cache_dir",
+        "max_cache_size",
+        "predict_dir",
+        "download",
+        "verify_archives",
+        "num_workers",
+        "pin_memory",
+        "persistent_workers",
+        "on_bad_image",
+        "batch_size",  # shown as batch_size_per_device and the global batch_size
+        "image_size",  # shown from the dataset's facts
+    }
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -64,22 +114,261 @@ def _tensorboard(trainer: pl.Trainer) -> TensorBoardLogger | None:
     return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
 
 
-def _hparam_value(value: Any) -> int | float | str | bool:
-    if isinstance(value, (bool, int, float, str)):
+def _hparam_value(value: Any) -> bool | int | float | str | None:
+    if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, Tensor) and value.numel() == 1:
         return value.item()
+    if isinstance(value, (list, tuple)) and all(
+        isinstance(v, (bool, int, float, str)) for v in value
+    ):
+        return ", ".join(str(v) for v in value)
     return str(value)
 
 
-def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
+    """Nested mappings as ``outer/inner`` keys, every value a bool, number or str; ``None``
+    values (an option that is off, such as ``ema_decay``) are left out."""
+    flat: dict[str, bool | int | float | str] = {}
     for key, value in params.items():
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{prefix}{key}/"))
-        else:
-            flat[f"{prefix}{key}"] = _hparam_value(value)
+        if isinstance(value, Mapping):
+            if value:
+                flat.update(_flatten(value, f"{prefix}{key}/"))
+            continue
+        converted = _hparam_value(value)
+        if converted is not None:
+            flat[f"{prefix}{key}"] = converted
     return flat
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def run_hparams(
+    trainer: pl.Trainer, pl_module: pl.LightningModule
+) -> dict[str, bool | int | float | str]:
+    """The settings a run is compared by, flat and ready for TensorBoard's HParams tab.
+
+    First the facts of the run: backbone, data set (``data``) and ``image_size``; for a fit,
+    ``optimizer`` (its class), ``lr`` (the base rate actually used, e.g. the one the
+    learning-rate finder set), ``momentum``/``nesterov``/``beta1``/``beta2`` and
+    ``weight_decay`` as far as the optimizer has them, ``lr_scheduler`` (``"none"`` without),
+    the global ``batch_size`` (per device x processes x gradient accumulation),
+    ``batch_size_per_device``, ``accumulate_grad_batches``, ``max_epochs``; then ``precision``,
+    ``devices`` (per node), ``num_nodes`` and ``ema``. Then the module's other
+    hyper-parameters (warm-up, label smoothing, MixUp/CutMix, ``ema_decay``, ...) and the
+    datamodule's as ``data/<name>`` (its augmentation settings, splits and seed; not paths or
+    loader settings). Values are bools, numbers or strings; unset (``None``) ones are left out.
+    The optimizer facts need the optimizer Lightning built, so call this from ``on_fit_start``
+    or later; a validate or test run has no optimizer to describe.
+    """
+    hparams = pl_module.hparams
+    fitting = trainer.state.fn == TrainerFn.FITTING
+    facts: dict[str, Any] = {}
+    backbone = hparams.get("backbone")
+    if not isinstance(backbone, str):  # a network passed as a module is not a hyperparameter
+        backbone = type(getattr(pl_module, "backbone", pl_module)).__name__
+    facts["backbone"] = backbone
+    info = dataset_info(trainer)
+    if info is not None:
+        facts["data"] = info.name
+        facts["image_size"] = info.image_size
+    if fitting and trainer.optimizers:
+        facts.update(optimizer_hparams(trainer.optimizers[0], hparams.get("lr")))
+        main = [
+            type(config.scheduler).__name__
+            for config in trainer.lr_scheduler_configs
+            if config.name != WARMUP_NAME
+        ]
+        facts["lr_scheduler"] = ", ".join(main) or "none"
+    per_device = getattr(trainer.datamodule, "batch_size", None)
+    if fitting and _positive_int(per_device):
+        accumulate = trainer.accumulate_grad_batches
+        facts["batch_size"] = per_device * trainer.world_size * accumulate
+        facts["batch_size_per_device"] = per_device
+        facts["accumulate_grad_batches"] = accumulate
+    if fitting and trainer.max_epochs is not None and trainer.max_epochs >= 0:
+        facts["max_epochs"] = trainer.max_epochs
+    if fitting and trainer.max_steps > 0:
+        facts["max_steps"] = trainer.max_steps
+    facts["precision"] = str(trainer.precision)
+    facts["devices"] = trainer.num_devices
+    facts["num_nodes"] = trainer.num_nodes
+    if "ema_decay" in hparams:
+        facts["ema"] = hparams["ema_decay"] is not None
+    # Class names are data, and a thousand of them would swamp the table.
+    module_params = {k: v for k, v in hparams.items() if k != "class_names" and k[:1] != "_"}
+    data_params = dict(getattr(trainer.datamodule, "hparams", None) or {})
+    data_params = {k: v for k, v in data_params.items() if k not in _DATA_PLUMBING and k[:1] != "_"}
+    rest = {**_flatten(module_params), **_flatten(data_params, "data/")}
+    flat = _flatten(facts)
+    return {**flat, **{k: v for k, v in rest.items() if k not in flat}}
+
+
+def hparams_summaries(
+    params: Mapping[str, bool | int | float | str],
+    metrics: Sequence[str] = HPARAMS_METRICS,
+    *,
+    experiment: bool = True,
+) -> list[Any]:
+    """The HParams plugin's summaries of one run: its session start (the values), and with
+    ``experiment`` the experiment (which hyperparameters and metrics the tab has columns for).
+
+    Built here rather than with ``torch.utils.tensorboard.summary.hparams``, which stores a
+    bool as the number 1.0 or 0.0 (its ``int`` branch catches bools first) and always adds an
+    experiment. TensorBoard shows the columns of *one* run's experiment (its hparams backend
+    picks the first it finds); without any, it shows the union of every run's values, which is
+    what comparing runs with different optimizers or datasets needs.
+    """
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+    infos = []
+    for name, value in params.items():
+        if isinstance(value, bool):
+            start.hparams[name].bool_value = value
+            kind = api_pb2.DATA_TYPE_BOOL
+        elif isinstance(value, (int, float)):
+            start.hparams[name].number_value = value
+            kind = api_pb2.DATA_TYPE_FLOAT64
+        elif isinstance(value, str):
+            start.hparams[name].string_value = value
+            kind = api_pb2.DATA_TYPE_STRING
+        else:
+            raise TypeError(f"hyperparameter {name}={value!r}: expected a bool, number or str")
+        infos.append(api_pb2.HParamInfo(name=name, type=kind))
+
+    def summary(tag: str, **content: Any) -> Summary:
+        data = plugin_data_pb2.HParamsPluginData(version=metadata.PLUGIN_DATA_VERSION, **content)
+        plugin = SummaryMetadata.PluginData(
+            plugin_name=metadata.PLUGIN_NAME, content=data.SerializeToString()
+        )
+        return Summary(value=[Summary.Value(tag=tag, metadata=SummaryMetadata(plugin_data=plugin))])
+
+    summaries = []
+    if experiment:
+        metric_infos = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in metrics]
+        summaries.append(
+            summary(
+                metadata.EXPERIMENT_TAG,
+                experiment=api_pb2.Experiment(hparam_infos=infos, metric_infos=metric_infos),
+            )
+        )
+    summaries.append(summary(metadata.SESSION_START_INFO_TAG, session_start_info=start))
+    return summaries
+
+
+#: Events read per events file when looking for an earlier HParams session: the session is
+#: among a run's first events, and a long run's files can hold gigabytes of images.
+_EVENTS_SCANNED = 50
+
+
+def folder_has_hparams(log_dir: str) -> bool:
+    """Whether an events file in ``log_dir`` (not its sub-folders) already holds an HParams
+    session: a fit resumed into its own folder, or a test run logging into a fit's folder,
+    must not add a second trial. Only local folders are read."""
+    if "://" in log_dir or not os.path.isdir(log_dir):
+        return False
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    for name in sorted(os.listdir(log_dir)):
+        path = os.path.join(log_dir, name)
+        if "tfevents" not in name or not os.path.isfile(path):
+            continue
+        for index, event in enumerate(EventFileLoader(path).Load()):
+            if index >= _EVENTS_SCANNED:
+                break
+            values = event.summary.value
+            if any(value.metadata.plugin_data.plugin_name == "hparams" for value in values):
+                return True
+    return False
+
+
+def _validates_once_per_epoch(trainer: pl.Trainer) -> bool:
+    interval = trainer.val_check_interval
+    return (
+        isinstance(interval, float)
+        and interval == 1.0
+        and trainer.check_val_every_n_epoch is not None
+    )
+
+
+class ClassifierTensorBoardLogger(TensorBoardLogger):
+    """A ``TensorBoardLogger`` whose Scalars view opens on ``train/`` and ``val/``.
+
+    TensorBoard sorts its groups of charts by name, so Lightning's ``epoch`` scalar (logged
+    with every metric) and ``hp_metric`` placeholder came first. This logger writes neither,
+    and plots the metrics logged once per epoch (``val/*``, ``test/*``, ``train/acc1``) with the
+    epoch as their x value: runs with other batch sizes line up, and train and validation
+    accuracy share an axis (see the Custom Scalars tab). Per-step metrics (``train/loss``, the
+    learning rates) keep the optimizer step. Where validation runs more often than once per
+    epoch (``val_check_interval``) everything keeps the step, which :class:`ClassifierTensorBoard`
+    sets from the trainer.
+
+    Args:
+        save_dir, name, version, log_graph, prefix, sub_dir, kwargs: as ``TensorBoardLogger``.
+        default_hp_metric: Only ``False``: the HParams tab shows the real metrics.
+        epoch_axis: Plot the once-per-epoch metrics against the epoch.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike[str],
+        name: str | None = "lightning_logs",
+        version: int | str | None = None,
+        log_graph: bool = False,
+        default_hp_metric: bool = False,
+        prefix: str = "",
+        sub_dir: str | os.PathLike[str] | None = None,
+        epoch_axis: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if default_hp_metric:
+            raise ValueError(
+                "ClassifierTensorBoardLogger(default_hp_metric=True): this logger writes no "
+                "hp_metric placeholder (the HParams tab shows val/ and test/ metrics); use "
+                "default_hp_metric=False or a plain TensorBoardLogger"
+            )
+        super().__init__(
+            save_dir,
+            name=name,
+            version=version,
+            log_graph=log_graph,
+            default_hp_metric=False,
+            prefix=prefix,
+            sub_dir=sub_dir,
+            **kwargs,
+        )
+        self.epoch_axis = epoch_axis
+        #: Set by ClassifierTensorBoard: False where validation runs several times an epoch.
+        self.validates_once_per_epoch = True
+
+    @property
+    def plots_epochs(self) -> bool:
+        """Whether the once-per-epoch metrics are written with the epoch as their step."""
+        return self.epoch_axis and self.validates_once_per_epoch
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        metrics = dict(metrics)
+        epoch = metrics.pop("epoch", None)  # Lightning's bookkeeping, the x axis of the rest
+        if self.plots_epochs and epoch is not None:
+            per_epoch = {
+                k: metrics.pop(k) for k in list(metrics) if k.startswith(PER_EPOCH_PREFIXES)
+            }
+            if per_epoch:
+                super().log_metrics(per_epoch, int(epoch))
+        if metrics:
+            super().log_metrics(metrics, step)
+
+
+def _figure_step(trainer: pl.Trainer, logger: TensorBoardLogger) -> int:
+    """The step of a validation figure: the step of the validation metrics beside it."""
+    if isinstance(logger, ClassifierTensorBoardLogger) and logger.plots_epochs:
+        return trainer.current_epoch
+    return trainer.global_step
 
 
 class ClassifierTensorBoard(Callback):
@@ -104,28 +393,44 @@ class ClassifierTensorBoard(Callback):
 
     # HParams ---------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Declare the hyperparameters and their metrics before Lightning logs anything.
+        logger = _tensorboard(trainer)
+        if isinstance(logger, ClassifierTensorBoardLogger):
+            logger.validates_once_per_epoch = _validates_once_per_epoch(trainer)
+        if stage in (TrainerFn.VALIDATING, TrainerFn.TESTING):
+            self._declare(trainer, pl_module)
 
-        TensorBoard keeps the *first* HParams summary of a run, and Lightning writes its own
-        (with a ``hp_metric`` of -1 unless ``default_hp_metric=False``) after ``setup``. The
-        summary written here names the metrics the module logs, without writing any values.
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After the optimizer is built (and a LearningRateFinder, which Lightning runs first,
+        # has set the rate) and before Lightning logs its own hyperparameters or any metric.
+        self._declare(trainer, pl_module)
+
+    def _declare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write the run's HParams session and the Custom Scalars layout, once per folder.
+
+        TensorBoard keeps the *first* HParams summary of a run. Beside a plain
+        ``TensorBoardLogger``, which writes its own (with a ``hp_metric`` of -1 unless
+        ``default_hp_metric=False``) after ``on_fit_start``, the summary written here also
+        declares the experiment, naming the metrics the module logs.
         """
         logger = _tensorboard(trainer)
-        if logger is None or not trainer.is_global_zero or logger.log_dir in self._declared:
+        if logger is None or not trainer.is_global_zero:
             return
-        from torch.utils.tensorboard.summary import hparams as hparams_summary
-
+        log_dir = logger.log_dir
+        if log_dir in self._declared:
+            return
+        self._declared.add(log_dir)
+        if folder_has_hparams(log_dir):
+            return
         from lit_classifiers.lightning_compat import tensorboard_file_writer
 
-        # Class names are data, and a thousand of them would swamp the table.
-        params = _flatten(
-            {k: v for k, v in pl_module.hparams.items() if k != "class_names" and k[:1] != "_"}
+        summaries = hparams_summaries(
+            run_hparams(trainer, pl_module),
+            experiment=not isinstance(logger, ClassifierTensorBoardLogger),
         )
-        experiment, start, end = hparams_summary(params, dict.fromkeys(HPARAMS_METRICS, 0.0))
         writer = tensorboard_file_writer(logger.experiment)
-        for summary in (experiment, start, end):
+        for summary in summaries:
             writer.add_summary(summary)
-        self._declared.add(logger.log_dir)
+        logger.experiment.add_custom_scalars(CUSTOM_SCALARS_LAYOUT)
 
     # Figures ---------------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -175,7 +480,7 @@ class ClassifierTensorBoard(Callback):
         if not trainer.is_global_zero or logger is None:
             return
         names = _class_names(pl_module)
-        step = trainer.global_step
+        step = _figure_step(trainer, logger)
         if matrix is not None:
             figure = confusion_matrix_figure(matrix.cpu(), names)
             logger.experiment.add_figure("val/confusion_matrix", figure, step)

@@ -13,13 +13,29 @@ Lightning alone gets wrong for classification:
 * a non-finite loss or a ``num_classes`` that does not fit the data stops the run with an error
   that says so, instead of a CUDA assert or a quietly wrong metric.
 
-Logged names: ``train/loss``, ``train/acc1``, ``train/lr`` (unless a ``LearningRateMonitor``
-logs the rate already), ``val/loss``, ``val/acc1``,
-``val/acc5``, ``test/loss``, ``test/acc1``, ``test/acc5``.
+Logged names: ``train/loss``, ``train/acc1``, ``val/loss``, ``val/acc1``, ``val/acc5``,
+``test/loss``, ``test/acc1``, ``test/acc5``, and the learning rate each optimizer step: ``train/lr``
+with one parameter group, ``train/lr/<group>`` (``classifier``, ``body``, ``*_no_decay``) with
+several. The module logs the rate itself, after warm-up and schedule, so a ``LearningRateMonitor``
+is not needed (it would log each scheduler of the optimizer, warm-up included, as its own curve).
+
+Lightning's learning-rate finder works on it, and sets the ``lr`` argument::
+
+    from lightning.pytorch.tuner import Tuner
+
+    tuner = Tuner(trainer)
+    finder = tuner.lr_find(model, datamodule=datamodule)  # model.hparams.lr = the suggestion
+    trainer.fit(model, datamodule=datamodule)  # trains with it
+
+or, within one ``fit``, the ``LearningRateFinder`` callback (from the command line:
+``--trainer.callbacks+=LearningRateFinder``). The search ramps one rate over all parameter
+groups; the rate found then replaces the optimizer's rate, and ``body_lr_scale``, warm-up and
+the schedule apply on top of it as they would to a rate given by hand.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from itertools import chain
@@ -28,7 +44,7 @@ from typing import IO, Any, Literal, TypeVar
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.callbacks import Callback, LearningRateFinder
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_deprecation
@@ -41,6 +57,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 from typing_extensions import Self
 
+from datamodules.eval_views import EvalViews
 from datamodules.info import dataset_info
 from lit_classifiers.callbacks import ClassifierTensorBoard, check_finite_loss
 from lit_classifiers.checkpoint_io import (
@@ -52,9 +69,11 @@ from lit_classifiers.checkpoint_io import (
     load_classifier_checkpoint,
     warn_renamed_hparam,
 )
+from lit_classifiers.eval_protocols import check_eval_protocol, protocol_logits, requested_views
 from lit_classifiers.exact_eval import EvalSampleCounter
 from lit_classifiers.optimization import (
     NORM_LAYERS,
+    apply_lr_override,
     apply_lr_scales,
     build_param_groups,
     check_plateau_mode,
@@ -68,8 +87,10 @@ __all__ = ["ClassifierModule"]
 RNG_KEY = "rng_states"
 
 # Not stored in the hyper-parameters: the callables are code, not data (checkpoints load with
-# weights_only), and the deprecated names are stored under their new ones.
-_UNSAVED = ("optimizer", "lr_scheduler", "freeze_backbone", "backbone_lr_scale")
+# weights_only), and the deprecated names are stored under their new ones. eval_protocol is a
+# choice of each evaluation, not of the trained weights: stored, ``test --ckpt_path`` would put
+# the checkpoint's value over the one given on its command line.
+_UNSAVED = ("optimizer", "lr_scheduler", "freeze_backbone", "backbone_lr_scale", "eval_protocol")
 
 _T = TypeVar("_T")
 
@@ -94,6 +115,10 @@ class ClassifierModule(pl.LightningModule):
             The checkpoint's state_dict supersedes ``weights``, so it is not saved with it.
         optimizer: Builds the optimizer from parameter groups. Default: SGD with momentum
             0.9, learning rate 0.1 and weight decay 1e-4 (torchvision's ImageNet recipe).
+        lr: Learning rate that replaces the one ``optimizer`` was built with (a shortcut: the
+            optimizer's own setting is ``optimizer.init_args.lr`` in a config); ``None`` keeps
+            it. Lightning's learning-rate finder sets this. ``body_lr_scale`` and the schedules
+            apply on top of it.
         lr_scheduler: Builds the learning-rate scheduler from the optimizer, or ``None``.
         lr_scheduler_interval: Step the scheduler every ``"epoch"`` or every ``"step"``.
         lr_scheduler_monitor: Metric a ``ReduceLROnPlateau`` follows (its ``mode`` must fit).
@@ -115,6 +140,11 @@ class ClassifierModule(pl.LightningModule):
         channels_last: Run convolutions in channels-last memory format (faster on tensor cores).
         compile: ``torch.compile`` the backbone.
         predict_topk: Classes returned per image by ``predict_step``.
+        eval_protocol: How validation, test and predict see each image: ``"center"`` (resize
+            + centre crop), ``"ten_crop"`` (corners, centre and mirrors; probabilities
+            averaged), ``"dense"`` (whole image at several scales and mirrored, the network
+            applied convolutionally) or ``"dense:Q1,Q2,..."`` (those scales, in pixels); see
+            :mod:`lit_classifiers.eval_protocols`. Not saved in checkpoints: pass it again.
         freeze_backbone: Deprecated name of ``freeze_body``; removed in the next release.
         backbone_lr_scale: Deprecated name of ``body_lr_scale``; removed in the next release.
     """
@@ -129,6 +159,7 @@ class ClassifierModule(pl.LightningModule):
         optimizer: OptimizerCallable = lambda params: torch.optim.SGD(
             params, lr=0.1, momentum=0.9, weight_decay=1e-4
         ),
+        lr: float | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         lr_scheduler_monitor: str = "val/acc1",
@@ -145,6 +176,7 @@ class ClassifierModule(pl.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         predict_topk: int = 5,
+        eval_protocol: str = "center",
         freeze_backbone: bool | None = None,
         backbone_lr_scale: float | None = None,
     ) -> None:
@@ -155,6 +187,7 @@ class ClassifierModule(pl.LightningModule):
         _check_arguments(
             num_classes=num_classes,
             class_names=class_names,
+            lr=lr,
             lr_scheduler_interval=lr_scheduler_interval,
             ema_decay=ema_decay,
             warmup=(warmup_epochs, warmup_steps, warmup_start_factor),
@@ -163,6 +196,7 @@ class ClassifierModule(pl.LightningModule):
             body_lr_scale=body_lr_scale,
             predict_topk=predict_topk,
         )
+        self.eval_protocol = check_eval_protocol(eval_protocol)
         unsaved = [*_UNSAVED, *(["backbone"] if isinstance(backbone, nn.Module) else [])]
         self.save_hyperparameters(ignore=unsaved)
         self._store_resolved_names(freeze_body, body_lr_scale)
@@ -185,8 +219,12 @@ class ClassifierModule(pl.LightningModule):
         self._build_metrics(num_classes)
         self._eval_counter = EvalSampleCounter()
         self._rng_to_restore: dict[str, Any] | None = None
-        self._lr_monitored = False
         self._finite_checked_step = -1
+        self._lr_names: list[str] = []
+        # The rate configure_optimizers last used, and whether a learning-rate range test may
+        # be running (its losses diverge on purpose; see setup).
+        self._configured_lr: float | None = None
+        self._lr_search = False
         self.train(self.training)  # puts a frozen body's norm layers in eval mode
 
     # ------------------------------------------------------------------------------ construction
@@ -247,6 +285,20 @@ class ClassifierModule(pl.LightningModule):
         net = self.ema.module if self.ema is not None and not self.training else self.backbone
         return net(x)
 
+    def _net(self) -> nn.Module:
+        """The network :meth:`forward` runs now."""
+        return self.ema.module if self.ema is not None and not self.training else self.backbone
+
+    def eval_views(self, image_size: int) -> EvalViews:
+        """The views of each image that ``eval_protocol`` needs, for crops of ``image_size``:
+        what the datamodules ask for when they build an evaluation loader."""
+        return requested_views(self.eval_protocol, self._net(), image_size)
+
+    def _eval_logits(self, images: Tensor | Sequence[Tensor]) -> Tensor:
+        """One logit row per image under ``eval_protocol`` (see
+        :func:`~lit_classifiers.eval_protocols.protocol_logits`)."""
+        return protocol_logits(self.eval_protocol, images, self, self._net())
+
     def train(self, mode: bool = True) -> Self:
         # A frozen body must not update its batch-norm statistics either, whoever calls train().
         super().train(mode)
@@ -274,9 +326,18 @@ class ClassifierModule(pl.LightningModule):
         trainer = self._attached_trainer()
         if trainer is not None:  # None when setup() is called by hand
             install_safe_checkpoint_io(trainer)
+            # A LearningRateFinder searches in on_fit_start, before this module's on_fit_start.
+            self._lr_search = stage == TrainerFn.FITTING and any(
+                isinstance(callback, LearningRateFinder) for callback in trainer.callbacks
+            )
         info = dataset_info(trainer) if trainer is not None else None
         if info is None:  # a datamodule that declares no DatasetInfo, or plain dataloaders
             return
+        # One image of the data's size: Lightning's model summary then counts real FLOPs. Not
+        # for a compiled backbone, which the summary's forward pass would compile for it.
+        if not self.hparams.compile:
+            size = info.image_size
+            self.example_input_array = torch.zeros(1, info.in_channels, size, size)
         if info.num_classes != self.num_classes:
             raise ValueError(
                 f"the model has num_classes={self.num_classes} but the datamodule has "
@@ -299,6 +360,8 @@ class ClassifierModule(pl.LightningModule):
         """
         trainer = self._attached_trainer()
         if trainer is None or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+            return
+        if self._lr_search:  # the range test diverges on purpose and restores the weights after
             return
         if self._finite_checked_step == trainer.global_step:
             return
@@ -345,19 +408,19 @@ class ClassifierModule(pl.LightningModule):
         if batch_idx == 0:
             self._check_logits(logits)
         loss = self.criterion(logits, targets)
-        check_finite_loss(
-            loss, epoch=self.current_epoch, global_step=self.global_step, batch_idx=batch_idx
-        )
+        if not self._lr_search:  # a range test ends where the loss diverges, often beyond inf
+            check_finite_loss(
+                loss, epoch=self.current_epoch, global_step=self.global_step, batch_idx=batch_idx
+            )
         self.train_acc1.update(logits.detach(), labels)
         self.log("train/loss", loss, prog_bar=True)
-        if not self._lr_monitored:  # the CLI's LearningRateMonitor logs it already
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        groups = self.trainer.optimizers[0].param_groups
+        for tag, group in zip(self._lr_names, groups, strict=False):
+            self.log(tag, group["lr"])
         return loss
 
     def on_train_epoch_start(self) -> None:
-        self._lr_monitored = any(
-            isinstance(callback, LearningRateMonitor) for callback in self.trainer.callbacks
-        )
+        self._lr_names = _lr_tags(self.trainer.optimizers[0].param_groups)
 
     def on_train_epoch_end(self) -> None:
         self._check_finite_weights()  # runs before ModelCheckpoint's on_train_epoch_end
@@ -380,7 +443,7 @@ class ClassifierModule(pl.LightningModule):
         images, labels = batch[0], batch[1]
         if batch_idx == 0:
             self._check_labels(labels)
-        logits = self(images)
+        logits = self._eval_logits(images)
         if batch_idx == 0:
             self._check_logits(logits)
         # Drop the repeats a DistributedSampler pads the last batches with.
@@ -411,7 +474,7 @@ class ClassifierModule(pl.LightningModule):
         give, or ``(images, labels)``.
         """
         images, extra = (batch, None) if isinstance(batch, Tensor) else (batch[0], batch[1:])
-        probs = self(images).float().softmax(dim=-1)
+        probs = self._eval_logits(images).float().softmax(dim=-1)
         k = min(self.hparams.predict_topk, self.num_classes)
         topk_probs, topk_indices = probs.topk(k, dim=-1)
         result: dict[str, Any] = {
@@ -437,6 +500,8 @@ class ClassifierModule(pl.LightningModule):
             no_weight_decay_norm_and_bias=self.hparams.no_weight_decay_norm_and_bias,
         )
         optimizer = self.optimizer_factory(groups)
+        self._configured_lr = self.hparams.get("lr")
+        apply_lr_override(optimizer, self._configured_lr)
         apply_lr_scales(optimizer)
         schedulers = []
         # The main schedule is built first, so that it records the learning rates before
@@ -493,6 +558,18 @@ class ClassifierModule(pl.LightningModule):
         self._rng_to_restore = checkpoint.get(RNG_KEY) if resuming else None
 
     def on_fit_start(self) -> None:
+        # Runs after the callbacks' on_fit_start, where a LearningRateFinder has searched and
+        # set hparams.lr: Lightning then gives every group that one rate, which would undo
+        # body_lr_scale and warm-up, and leaves the schedulers bound to the old rates. Building
+        # optimizer and schedulers again applies the rate the way a configured one is.
+        self._lr_search = False
+        trainer = self._attached_trainer()
+        if (
+            trainer is not None
+            and trainer.optimizers
+            and self.hparams.get("lr") != self._configured_lr
+        ):
+            trainer.strategy.setup_optimizers(trainer)
         # Last hook before the training loop creates its dataloader iterator, which draws the
         # shuffling and worker seeds; the sanity check in between runs with isolated RNG.
         if self._rng_to_restore is not None:
@@ -546,6 +623,7 @@ def _check_arguments(
     *,
     num_classes: int,
     class_names: Sequence[str] | None,
+    lr: float | None,
     lr_scheduler_interval: str,
     ema_decay: float | None,
     warmup: tuple[int, int, float],
@@ -559,6 +637,13 @@ def _check_arguments(
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"class_names has {len(class_names)} names but num_classes={num_classes}")
+    if lr is not None and (
+        isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf
+    ):
+        raise ValueError(
+            f"lr must be a positive number (it replaces the optimizer's learning rate) or None, "
+            f"got {lr!r}"
+        )
     if lr_scheduler_interval not in ("epoch", "step"):
         raise ValueError(
             f"lr_scheduler_interval must be 'epoch' or 'step', got {lr_scheduler_interval!r}"
@@ -596,6 +681,14 @@ def _build_backbone(
     return create_backbone(
         backbone, num_classes, in_channels=in_channels, **(backbone_kwargs or {})
     )
+
+
+def _lr_tags(param_groups: Sequence[dict[str, Any]]) -> list[str]:
+    """The logged name of each parameter group's learning rate: ``train/lr`` for a single
+    group, ``train/lr/<group name>`` for several (``train/lr/pg<i>`` for an unnamed one)."""
+    if len(param_groups) == 1:
+        return ["train/lr"]
+    return [f"train/lr/{g.get('name') or f'pg{i}'}" for i, g in enumerate(param_groups)]
 
 
 def _moving_average(backbone: nn.Module, decay: float | None) -> AveragedModel | None:

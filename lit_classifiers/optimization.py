@@ -5,6 +5,11 @@ pass learning rates or weight decays to it directly. It passes *parameter groups
 per-group ``weight_decay=0`` where decay is unwanted, and an ``lr_scale`` that
 :func:`apply_lr_scales` multiplies into each group's learning rate once the optimizer exists
 and before any scheduler records its base learning rates.
+
+:func:`apply_lr_override` is what ``ClassifierModule(lr=...)`` (and Lightning's learning-rate
+finder, which sets that argument) does to the optimizer the callable built, and
+:func:`optimizer_hparams` reads back the settings runs are compared by, whatever the callable
+was (``functools.partial``, LightningCLI's ``class_path`` callable, a lambda).
 """
 
 from __future__ import annotations
@@ -17,11 +22,17 @@ from torch.optim.lr_scheduler import LinearLR, ReduceLROnPlateau
 
 __all__ = [
     "NORM_LAYERS",
+    "WARMUP_NAME",
+    "apply_lr_override",
     "apply_lr_scales",
     "build_param_groups",
     "check_plateau_mode",
+    "optimizer_hparams",
     "warmup_scheduler_config",
 ]
+
+#: Lightning scheduler-config name of the warm-up, which tells it apart from the main schedule.
+WARMUP_NAME = "lr-warmup"
 
 #: Layers whose parameters are scales and shifts of normalised activations: decaying them
 #: towards zero fights the normalisation instead of regularising the network.
@@ -102,6 +113,36 @@ def build_param_groups(
     return groups
 
 
+def apply_lr_override(optimizer: Optimizer, lr: float | None) -> None:
+    """Give every group (and the optimizer's defaults) the learning rate ``lr``; ``None`` keeps
+    the rate the optimizer was built with. Runs before :func:`apply_lr_scales`, so the scales
+    still apply on top of it."""
+    if lr is None:
+        return
+    optimizer.defaults["lr"] = lr
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def optimizer_hparams(optimizer: Optimizer, lr: float | None = None) -> dict[str, Any]:
+    """The settings of ``optimizer`` that runs are compared by: its class, base learning rate
+    (``lr`` when given, e.g. a rate the learning-rate finder set since the optimizer was built),
+    momentum, ``nesterov``, Adam-style ``beta1``/``beta2`` and weight decay, as far as it has
+    them. Read from ``optimizer.defaults``, which holds the arguments it was built with."""
+    defaults = optimizer.defaults
+    facts: dict[str, Any] = {"optimizer": type(optimizer).__name__}
+    base_lr = lr if lr is not None else defaults.get("lr")
+    if isinstance(base_lr, (int, float)):  # a tensor lr (capturable optimizers) is left out
+        facts["lr"] = float(base_lr)
+    for key in ("momentum", "nesterov", "weight_decay"):
+        if key in defaults and isinstance(defaults[key], (bool, int, float)):
+            facts[key] = defaults[key]
+    betas = defaults.get("betas")
+    if isinstance(betas, (tuple, list)) and len(betas) == 2:
+        facts["beta1"], facts["beta2"] = (float(b) for b in betas)
+    return facts
+
+
 def apply_lr_scales(optimizer: Optimizer) -> None:
     """Turn each group's ``lr_scale`` into its learning rate (and drop the key)."""
     for group in optimizer.param_groups:
@@ -126,7 +167,7 @@ def warmup_scheduler_config(
         raise ValueError(f"warmup_start_factor must be in (0, 1], got {start_factor}")
     interval: Literal["epoch", "step"] = "epoch" if epochs else "step"
     scheduler = LinearLR(optimizer, start_factor, 1.0, total_iters=epochs or steps)
-    return {"scheduler": scheduler, "interval": interval, "frequency": 1, "name": "lr-warmup"}
+    return {"scheduler": scheduler, "interval": interval, "frequency": 1, "name": WARMUP_NAME}
 
 
 def check_plateau_mode(scheduler: Any, monitor: str) -> None:

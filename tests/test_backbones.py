@@ -197,13 +197,57 @@ def test_alexnet_2012_layer_order_is_the_papers():
     assert model.features(torch.randn(1, 3, 227, 227)).shape == (1, 256, 6, 6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known deviation: dropout sits before fc6 and fc7 (torchvision's order), the paper "
-    "drops their outputs; left for the issue that changes the architecture",
-)
 def test_alexnet_2012_dropout_follows_fc6_and_fc7():
     assert _kinds(create_backbone("alexnet").classifier) == ALEXNET_2012_HEAD
+    # torchvision's order, dropout before fc6 and fc7, stays torchvision's.
+    assert _kinds(create_backbone("alexnet_owt").classifier) == [
+        "dropout",
+        "fc",
+        "relu",
+        "dropout",
+        "fc",
+        "relu",
+        "fc",
+    ]
+
+
+def test_alexnet_2012_dropout_drops_the_outputs_of_fc6_and_fc7_in_training():
+    """What each linear layer receives in training: fc6 the pooled features untouched, fc7 and
+    fc8 the ReLU outputs of the layer before, each zeroed or scaled by 1 / (1 - p)."""
+    torch.manual_seed(0)
+    model = create_backbone("alexnet", 10, dropout=0.5).train()
+    linears = [m for m in model.classifier if isinstance(m, nn.Linear)]
+    inputs, outputs = [], []
+
+    def record(module: nn.Module, args: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        # Copies: the in-place ReLU after each linear layer rewrites its output.
+        inputs.append(args[0].clone())
+        outputs.append(output.clone())
+
+    hooks = [fc.register_forward_hook(record) for fc in linears]
+    x = torch.randn(4, 3, 96, 96)
+    with torch.no_grad():
+        model(x)
+        pooled = torch.flatten(model.avgpool(model.features(x)), 1)
+    for hook in hooks:
+        hook.remove()
+    torch.testing.assert_close(inputs[0], pooled)
+    for before, received in ((outputs[0], inputs[1]), (outputs[1], inputs[2])):
+        kept = torch.relu(before) * 2
+        dropped = received == 0
+        assert 0.3 < dropped.float().mean() < 0.7
+        torch.testing.assert_close(received[~dropped], kept[~dropped])
+
+
+def test_alexnet_2012_state_dict_keys_did_not_move_with_the_dropout():
+    """Checkpoints written while dropout sat before fc6 and fc7 still load: the linear layers
+    keep torchvision's positions, the same keys as ``alexnet_owt``'s head."""
+    keys = [k for k in create_backbone("alexnet").state_dict() if k.startswith("classifier.")]
+    assert keys == [
+        k for k in create_backbone("alexnet_owt").state_dict() if k.startswith("classifier.")
+    ]
+    assert keys == [f"classifier.{i}.{p}" for i in (1, 4, 6) for p in ("weight", "bias")]
+    assert get_backbone_info("alexnet").classifier == "classifier.6"
 
 
 def test_alexnet_2012_paper_initialisation():

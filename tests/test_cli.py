@@ -47,15 +47,17 @@ def test_same_command_twice_starts_a_new_run_folder(tmp_path):
 
 
 def test_validate_from_checkpoint_reproduces_the_fit_metrics(fitted_run, tmp_path):
-    (fit_dir,) = run_dirs(fitted_run)
+    shutil.copytree(fitted_run / "runs", tmp_path / "runs")  # the shared run stays as it is
+    (fit_dir,) = run_dirs(tmp_path)
     ckpt = fit_dir / "checkpoints" / "last.ckpt"
-    shutil.copytree(fitted_run / "runs", tmp_path / "runs")
     run(SCRIPT, "validate", "--config", fit_dir / "config.yaml", "--ckpt_path", ckpt, cwd=tmp_path)
-    validate_dir = run_dirs(tmp_path)[-1]
-    assert validate_dir != tmp_path / "runs" / "digits-resnet20" / fit_dir.name
-    fit_metrics, validate_metrics = scalars(fit_dir), scalars(validate_dir)
+    # The run's own folder: the validation's points continue the fit's curves.
+    assert run_dirs(tmp_path) == [fit_dir]
+    assert (fit_dir / "config-validate-1.yaml").is_file()
+    metrics = scalars(fit_dir)
     for name in ("val/acc1", "val/acc5", "val/loss"):
-        assert validate_metrics[name][-1] == pytest.approx(fit_metrics[name][-1], abs=1e-6)
+        fit_value, validate_value = metrics[name]
+        assert validate_value == pytest.approx(fit_value, abs=1e-6)
 
 
 def test_test_from_checkpoint_matches_the_checkpoint_evaluated_in_python(fitted_run, tmp_path):

@@ -38,6 +38,7 @@ def test_package_exports() -> None:
         "ImageNetDataModule",
         "ImageFolderDataModule",
         "DigitsDataModule",
+        "StreamingDataModule",
     }
     assert set(datamodules.__all__) == datamodule_names | {"DatasetInfo", "dataset_info"}
     for name in datamodule_names:

@@ -1,13 +1,15 @@
-"""AlexNet: the 2012 network with LocalResponseNorm, and the 2014 single-tower variant.
+"""AlexNet: the 2012 network with LocalResponseNorm, and torchvision's one-tower variant.
 
 - Krizhevsky, Sutskever & Hinton, "ImageNet Classification with Deep Convolutional Neural
   Networks", NeurIPS 2012.
 - Krizhevsky, "One weird trick for parallelizing convolutional neural networks", 2014,
-  arXiv:1404.5997 (the network torchvision calls ``alexnet``).
+  arXiv:1404.5997: torchvision's ``alexnet`` (our ``alexnet_owt``) cites it, but differs from
+  its single-column network (see :func:`alexnet_owt`).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,16 +65,44 @@ class AlexNetConfig:
     first_padding: int
     local_response_norm: bool
     paper_init: bool
+    paper_dropout: bool
 
 
 # The paper's LRN (Section 3.3): b = a / (k + alpha * sum(a^2))^beta, the sum over n adjacent
-# channels, with n=5, k=2, alpha=1e-4, beta=0.75. torch.nn.LocalResponseNorm divides alpha by
-# the window size, so it needs alpha * n to compute the paper's formula.
+# channels, with n=5, k=2, alpha=1e-4, beta=0.75. We follow the paper's formula. Krizhevsky's
+# own code differs: cuda-convnet2's layer.py divides the configured scale by the window size for
+# cross-map response normalisation (``dic['scale'] /= dic['size']``), so its ImageNet configs
+# (size=5 in layers/layers-223-1gpu.cfg, scale=0.0001 and minDiv=2 in
+# layers/layer-params-223-ce2-1gpu.cfg) weigh each squared activation by 1e-4 / 5, five times
+# less than the paper's formula. torch.nn.LocalResponseNorm divides alpha by the window size in
+# the same way, so it is given alpha * n to compute the paper's formula.
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
 
 
 def paper_local_response_norm() -> nn.LocalResponseNorm:
     return nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA * LRN_SIZE, beta=LRN_BETA, k=LRN_K)
+
+
+def _paper_head(in_features: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """fc6, fc7 and the classifier fc8, each hidden layer's output dropped after its ReLU.
+
+    The linear layers keep the names they have in torchvision's layout ("1", "4", "6"), so
+    checkpoints written before the dropout moved still load and the record's classifier is
+    still ``classifier.6``; the parameter-free layers between them are named for their layer.
+    """
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("1", nn.Linear(in_features, 4096)),
+                ("relu6", nn.ReLU(inplace=True)),
+                ("drop6", nn.Dropout(dropout)),
+                ("4", nn.Linear(4096, 4096)),
+                ("relu7", nn.ReLU(inplace=True)),
+                ("drop7", nn.Dropout(dropout)),
+                ("6", nn.Linear(4096, num_classes)),
+            ]
+        )
+    )
 
 
 class AlexNet(Backbone):
@@ -82,22 +112,27 @@ class AlexNet(Backbone):
     ``alexnet`` (Krizhevsky et al. 2012): 96-256-384-384-256 channels, 11x11 stride-4 first
     convolution (no padding, made for 227x227 inputs), ReLU after every layer, LRN after the
     ReLU of the first two convolutions and before their overlapping 3x3/2 max pools (Sections
-    3.3 to 3.5), a max pool after the fifth, and a head of three linear layers 9216-4096-4096-C
-    with dropout 0.5. Where it differs from the paper:
+    3.3 to 3.5), a max pool after the fifth, and a head of three linear layers 9216-4096-4096-C.
+    Dropout (p=0.5) follows the ReLU of fc6 and of fc7, as in the paper (Section 4.2: dropout
+    sets "to zero the output of each hidden neuron", used "in the first two fully-connected
+    layers") and in Krizhevsky's cuda-convnet2 (``layers/layers-223-1gpu.cfg``: ``dropout1`` and
+    ``dropout2`` take the outputs of ``fc4096a`` and ``fc4096b``); torchvision's order, dropout
+    before fc6 and fc7, is ``alexnet_owt``'s. The head keeps the state_dict keys of torchvision's
+    layout (``classifier.1``, ``classifier.4``, ``classifier.6``): see :func:`_paper_head`.
+    Where it differs from the paper:
 
     - The paper's two GPU towers are run as one network: the second, fourth and fifth
       convolutions see all channels of the previous layer instead of their own tower's half.
       That is what gives 62,378,344 parameters for 1000 classes.
     - An adaptive 6x6 average pooling precedes the head. At 227x227 it is the identity; it
       lets the network run on any input of at least 67x67.
-    - Dropout sits before fc6 and fc7, as in torchvision; the paper (Section 4.2) drops the
-      outputs of fc6 and fc7 instead.
     - Initialisation follows Section 5 of the paper: weights from N(0, 0.01), biases 1 in the
       second, fourth and fifth convolutions and in the hidden fully-connected layers, 0
       elsewhere.
 
-    ``alexnet_owt`` (Krizhevsky 2014): the single-tower 64-192-384-256-256 network without LRN,
-    identical to torchvision's ``alexnet`` including PyTorch's default initialisation.
+    ``alexnet_owt``: torchvision's ``alexnet``, identical to it (layers, state_dict keys and
+    PyTorch's default initialisation): see :func:`alexnet_owt` for how it differs from the
+    network of "One weird trick".
     """
 
     def __init__(
@@ -137,15 +172,18 @@ class AlexNet(Backbone):
             nn.MaxPool2d(3, stride=2),
         )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-        self.classifier = nn.Sequential(
-            nn.Dropout(dropout),
-            nn.Linear(c5 * 6 * 6, 4096),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(4096, 4096),
-            nn.ReLU(inplace=True),
-            nn.Linear(4096, num_classes),
-        )
+        if config.paper_dropout:
+            self.classifier = _paper_head(c5 * 6 * 6, num_classes, dropout)
+        else:
+            self.classifier = nn.Sequential(
+                nn.Dropout(dropout),
+                nn.Linear(c5 * 6 * 6, 4096),
+                nn.ReLU(inplace=True),
+                nn.Dropout(dropout),
+                nn.Linear(4096, 4096),
+                nn.ReLU(inplace=True),
+                nn.Linear(4096, num_classes),
+            )
         if config.paper_init:
             self._init_as_in_paper()
 
@@ -182,15 +220,34 @@ class AlexNet(Backbone):
 def alexnet(**kwargs: Any) -> AlexNet:
     """AlexNet as in Krizhevsky et al. 2012, with LRN (see :class:`AlexNet`)."""
     config = AlexNetConfig(
-        (96, 256, 384, 384, 256), first_padding=0, local_response_norm=True, paper_init=True
+        (96, 256, 384, 384, 256),
+        first_padding=0,
+        local_response_norm=True,
+        paper_init=True,
+        paper_dropout=True,
     )
     return AlexNet("alexnet", config, **kwargs)
 
 
 @register_backbone
 def alexnet_owt(**kwargs: Any) -> AlexNet:
-    """The single-tower AlexNet of "One weird trick" (torchvision's ``alexnet``)."""
+    """torchvision's ``alexnet``: a one-tower AlexNet that torchvision attributes to "One weird
+    trick" (Krizhevsky 2014, arXiv:1404.5997), but that matches neither that paper's
+    single-column model nor Krizhevsky's own one-GPU configuration.
+
+    - torchvision: 64-192-384-256-256 convolutions, the first padded by 2, no LRN, dropout
+      before fc6 and fc7, PyTorch's default initialisation. This is what ``alexnet_owt`` builds.
+    - The paper's single-column model, in a footnote: "64, 192, 384, 384, 256 filters in the
+      five convolutional layers" - the fourth convolution has 384 filters, not 256.
+    - Krizhevsky's cuda-convnet2 one-GPU config (``layers/layers-223-1gpu.cfg``):
+      64-192-384-256-256 like torchvision, but with cross-map LRN after the first two
+      convolutions, no padding on the first, and dropout on the outputs of fc6 and fc7.
+    """
     config = AlexNetConfig(
-        (64, 192, 384, 256, 256), first_padding=2, local_response_norm=False, paper_init=False
+        (64, 192, 384, 256, 256),
+        first_padding=2,
+        local_response_norm=False,
+        paper_init=False,
+        paper_dropout=False,
     )
     return AlexNet("alexnet_owt", config, **kwargs)

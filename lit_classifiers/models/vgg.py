@@ -67,12 +67,20 @@ CONFIGS: dict[str, list[int | MaxPool]] = {
 class VGG(Backbone):
     """VGG, laid out as torchvision's (``features``, ``avgpool``, and the head ``classifier``).
 
+    The head is the paper's three fully-connected layers (4096, 4096, classes), with dropout
+    (0.5 by default) after the ReLU of the first two: "dropout regularisation for the first two
+    fully-connected layers (dropout ratio set to 0.5)" (Section 3.1).
+
     Where it differs from the paper:
 
-    - The paper evaluates densely (the fully-connected layers turned into convolutions); here
-      an adaptive 7x7 average pooling precedes the head instead, so any input of at least
-      32x32 (the five 2x2 pools) works and is flattened per sample. The founding
-      document's ``x.view(-1, 512*7*7)`` mixed the samples of a batch at any size but 224.
+    - The forward pass puts an adaptive 7x7 average pooling before the head, so any input of
+      at least 32x32 (the five 2x2 pools) works and is flattened per sample; at the paper's
+      224x224 training crops it is the identity. The founding document's
+      ``x.view(-1, 512*7*7)`` mixed the samples of a batch at any size but 224. The paper
+      tests densely instead (Section 3.2: fc6 as a 7x7 convolution, fc7 and fc8 as 1x1
+      convolutions over the whole image, the class score map averaged): that is
+      ``ClassifierModule(eval_protocol="dense")``, which applies these same weights as
+      convolutions and skips the pooling (:mod:`lit_classifiers.eval_protocols`).
     - Initialisation is torchvision's (He-normal convolutions, N(0, 0.01) linear layers), not
       the paper's staged training of deeper configurations from configuration A.
     """

@@ -75,5 +75,33 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+def hparams_trials(logdir: Path) -> dict[str, dict[str, float]]:
+    """What TensorBoard's HParams tab lists for ``logdir``: each trial (a run folder with an
+    HParams session) and its metric columns, computed by TensorBoard's own HParams backend."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+    tb_context = base_plugin.TBContext(
+        logdir=str(logdir), multiplexer=multiplexer, data_provider=provider
+    )
+    request = api_pb2.ListSessionGroupsRequest(
+        start_index=0, slice_size=100, allowed_statuses=list(api_pb2.Status.values())
+    )
+    response = list_session_groups.Handler(
+        context.RequestContext(), backend_context.Context(tb_context), "", request
+    ).run()
+    return {
+        session.name: {m.name.tag: m.value for m in session.metric_values}
+        for group in response.session_groups
+        for session in group.sessions
+    }
+
+
 def run_dirs(cwd: Path, name: str = "digits-resnet20") -> list[Path]:
     return sorted((cwd / "runs" / name).glob("version_*"), key=lambda p: int(p.name[8:]))

@@ -1,0 +1,392 @@
+"""Evaluation protocols center, ten_crop and dense: the views against torchvision, the model side
+against hand computations, DDP against one process, and the command line.
+
+Real photographs: scikit-learn's two bundled JPEGs (a temple and a flower, 640x427), used as they
+are and cut into portrait, small, large and grayscale JPEGs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sklearn.datasets
+import torch
+from helpers.cli import SCRIPT, TINY, run, run_dirs, scalars
+from helpers.modules import TinyNet, make_trainer
+from PIL import Image
+from torchvision.models import ResNet50_Weights
+from torchvision.transforms import Resize, TenCrop
+from torchvision.transforms import functional as TF
+
+from datamodules import DigitsDataModule, ImageFolderDataModule
+from datamodules.eval_views import DenseViews, ExactCenterCrop, TenCropViews, resized_size
+from lit_classifiers.eval_protocols import (
+    convolutional_head,
+    dense_logits,
+    parse_eval_protocol,
+    protocol_logits,
+)
+from lit_classifiers.module import ClassifierModule
+from lit_classifiers.registry import create_backbone
+
+PHOTOS = Path(sklearn.datasets.__file__).parent / "images"
+NUM_CLASSES = 5
+SMALL = 16  # crop side of the tiny image-folder runs; eval_resize is then 18
+
+
+# ------------------------------------------------------------------------------ data
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real JPEGs of every shape the centre crop must handle."""
+    folder = tmp_path_factory.mktemp("photos")
+    china, flower = Image.open(PHOTOS / "china.jpg"), Image.open(PHOTOS / "flower.jpg")
+    made = {
+        "portrait": flower.crop((100, 0, 400, 427)),  # 300x427
+        "small": china.crop((200, 100, 350, 200)),  # 150x100: upscaled to 256
+        "small_portrait": flower.crop((300, 150, 371, 260)),  # 71x110
+        "large": china.resize((1280, 854), Image.Resampling.BICUBIC),  # JPEG draft would apply
+        "gray": china.crop((0, 0, 427, 427)).convert("L"),
+        "square": china.crop((100, 0, 400, 300)),
+    }
+    paths = {"landscape": PHOTOS / "china.jpg", "flower": PHOTOS / "flower.jpg"}
+    for name, image in made.items():
+        paths[name] = folder / f"{name}.jpg"
+        image.save(paths[name], quality=90)
+    return paths
+
+
+def write_tiny_folder(root: Path, count: int = 37, seed: int = 0) -> list[Path]:
+    """``root/{train,test}/c<k>/`` with ``count`` small real-photo JPEGs of varied shapes in
+    test/ (and the same in train/, which the datamodule requires)."""
+    rng = np.random.default_rng(seed)
+    sources = [Image.open(PHOTOS / "china.jpg"), Image.open(PHOTOS / "flower.jpg")]
+    files = []
+    for i in range(count):
+        source = sources[i % 2]
+        width, height = (int(v) for v in rng.integers(18, 40, size=2))
+        left, top = int(rng.integers(0, 600)), int(rng.integers(0, 380))
+        image = source.crop((left, top, left + 40, top + 40)).resize((width, height))
+        for split in ("train", "test"):
+            path = root / split / f"c{i % NUM_CLASSES}" / f"{i:03d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path, quality=90)
+        files.append(root / "test" / f"c{i % NUM_CLASSES}" / f"{i:03d}.jpg")
+    return files
+
+
+def tiny_datamodule(root: Path, **kwargs: object) -> ImageFolderDataModule:
+    settings = {"image_size": SMALL, "batch_size": 4, "num_workers": 0, "val_split": 5}
+    return ImageFolderDataModule(str(root), **{**settings, **kwargs})
+
+
+def tiny_model(protocol: str, seed: int = 0) -> ClassifierModule:
+    torch.manual_seed(seed)
+    return ClassifierModule(TinyNet(NUM_CLASSES), num_classes=NUM_CLASSES, eval_protocol=protocol)
+
+
+def assert_relative(actual: torch.Tensor, expected: torch.Tensor, tolerance: float = 1e-5):
+    """Equal to within ``tolerance`` of the largest magnitude: float32 sums in another order."""
+    assert actual.shape == expected.shape
+    error = (actual - expected).abs().max()
+    assert error <= tolerance * expected.abs().max(), (float(error), expected)
+
+
+def unnormalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]):
+    return (images * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)) * 255
+
+
+# ------------------------------------------------------------------------------ center
+def test_center_matches_torchvision_weights_transforms(photos: dict[str, Path], tmp_path: Path):
+    reference = ResNet50_Weights.IMAGENET1K_V1.transforms()
+    assert (reference.resize_size, reference.crop_size) == ([256], [224])
+    center = ExactCenterCrop(224, 256)
+    for name, path in photos.items():
+        expected = unnormalise(
+            reference(Image.open(path).convert("RGB")), reference.mean, reference.std
+        )
+        ours = center(str(path))
+        assert ours.dtype == torch.uint8 and ours.shape == (3, 224, 224), name
+        assert (ours.float() - expected).abs().max() <= 1.0, name
+
+    # and what the datamodule's test split and predict transform actually decode
+    for split in ("train", "val", "test"):
+        for name, path in photos.items():
+            target = tmp_path / split / name / "a.jpg"
+            target.parent.mkdir(parents=True)
+            shutil.copy(path, target)
+    dm = ImageFolderDataModule(str(tmp_path), image_size=224, num_workers=0)
+    dm.setup()
+    predict = dm.predict_transform()
+    for i in range(len(dm.test_dataset)):
+        path = dm.test_dataset.path(i)
+        expected = unnormalise(
+            reference(Image.open(path).convert("RGB")), reference.mean, reference.std
+        )
+        assert (dm.test_dataset[i][0].float() - expected).abs().max() <= 1.0, path
+        assert (predict(path).float() - expected).abs().max() <= 1.0, path
+
+
+def test_ten_crop_views_equal_torchvision_ten_crop(photos: dict[str, Path]) -> None:
+    views = TenCropViews(224, 256)
+    for name in ("landscape", "portrait", "small_portrait", "gray"):
+        image = Image.open(photos[name]).convert("RGB")
+        by_hand = torch.stack([TF.pil_to_tensor(c) for c in TenCrop(224)(Resize(256)(image))])
+        ours = views(str(photos[name]))
+        assert ours.shape == (10, 3, 224, 224)
+        assert torch.equal(ours, by_hand), name
+    # corners, centre, then the same five of the mirror image
+    assert torch.equal(ours[5], ours[1].flip(-1)) and torch.equal(ours[4], ours[9].flip(-1))
+
+
+def test_dense_views_are_the_whole_image_at_each_scale_and_mirrored(photos: dict[str, Path]):
+    image = Image.open(photos["portrait"]).convert("RGB")
+    views = DenseViews((224, 300))(str(photos["portrait"]))
+    assert [tuple(v.shape) for v in views] == [(2, 3, 318, 224), (2, 3, 427, 300)]
+    for q, pair in zip((224, 300), views, strict=True):
+        expected = TF.pil_to_tensor(Resize(q)(image))
+        assert torch.equal(pair[0], expected) and torch.equal(pair[1], expected.flip(-1))
+    assert resized_size(300, 427, 224) == (224, 318)  # torchvision truncates the long side
+
+
+# ------------------------------------------------------------------------------ model side
+@pytest.fixture(scope="module")
+def fc_networks() -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    return {name: create_backbone(name, NUM_CLASSES).eval() for name in ("vgg11", "alexnet")}
+
+
+@pytest.mark.parametrize("name, channels, kernel", [("vgg11", 512, 7), ("alexnet", 256, 6)])
+def test_fc_as_conv_head_equals_the_linear_head(fc_networks, name, channels, kernel) -> None:
+    net = fc_networks[name]
+    head = convolutional_head(net)
+    assert head is not None and head.kernel == kernel
+    torch.manual_seed(1)
+    features = torch.randn(2, channels, kernel, kernel).relu()
+    with torch.no_grad():
+        linear = net.classifier(features.flatten(1))
+        conv = head(features)
+        assert conv.shape == (2, NUM_CLASSES, 1, 1)
+        assert_relative(conv.flatten(1), linear)
+        # a larger map: each score is the linear head on its kernel x kernel window
+        wide = torch.randn(1, channels, kernel + 1, kernel + 2).relu()
+        scores = head(wide)
+        assert scores.shape == (1, NUM_CLASSES, 2, 3)
+        window = wide[:, :, 1 : 1 + kernel, 2 : 2 + kernel]
+        assert_relative(scores[:, :, 1, 2], net.classifier(window.flatten(1)))
+    with pytest.raises(ValueError, match=f"at least {kernel}x{kernel}"):
+        head(features[:, :, 1:, 1:])
+
+
+@pytest.mark.parametrize("name, size", [("vgg11", 224), ("alexnet", 227), ("resnet18", 224)])
+def test_dense_at_the_crop_size_gives_the_plain_forward(fc_networks, photos, name, size) -> None:
+    if name in fc_networks:
+        net = fc_networks[name]
+    else:
+        torch.manual_seed(0)
+        net = create_backbone(name, NUM_CLASSES).eval()
+    # On a square photo, the whole image at Q = crop size is the centre crop.
+    pair = DenseViews((size,))(str(photos["square"]))[0]
+    crop = ExactCenterCrop(size, size)(str(photos["square"]))
+    assert torch.equal(pair[0], crop)
+    x = (pair.float() / 255 - 0.45) / 0.225
+    with torch.no_grad():
+        plain = net(x)
+        dense = dense_logits(net, x)
+        assert_relative(dense, plain)
+        # The protocol: softmax of image and mirror averaged, one row per image.
+        model = ClassifierModule(net, num_classes=NUM_CLASSES, eval_protocol=f"dense:{size}")
+        model.eval()
+        logits = protocol_logits(model.eval_protocol, [x.unsqueeze(0)], model, net)
+        expected = plain.softmax(-1).mean(0, keepdim=True).log()
+        torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_default_dense_scales_follow_the_papers(fc_networks) -> None:
+    vgg = ClassifierModule(fc_networks["vgg11"], num_classes=NUM_CLASSES, eval_protocol="dense")
+    resnet = ClassifierModule("resnet18", num_classes=NUM_CLASSES, eval_protocol="dense")
+    assert vgg.eval_views(224).scales == (256, 384, 512)
+    assert resnet.eval_views(224).scales == (224, 256, 384, 480, 640)
+    assert resnet.eval_views(112).scales == (112, 128, 192, 240, 320)
+    assert resnet.eval_views(224).protocol == "dense"
+    explicit = ClassifierModule("resnet18", num_classes=NUM_CLASSES, eval_protocol="dense:300,200")
+    assert explicit.eval_views(224).scales == (300, 200)
+    assert parse_eval_protocol("ten_crop") == ("ten_crop", None)
+
+
+@pytest.mark.parametrize("bad", ["tencrop", "dense:", "dense:0,256", "dense:256;384", 5])
+def test_bad_eval_protocol_is_a_one_line_error(bad) -> None:
+    with pytest.raises(
+        ValueError, match="eval_protocol must be 'center', 'ten_crop', 'dense'"
+    ) as e:
+        ClassifierModule(TinyNet(NUM_CLASSES), num_classes=NUM_CLASSES, eval_protocol=bad)
+    assert "\n" not in str(e.value) and repr(bad) in str(e.value)
+
+
+def test_plain_dataloader_under_ten_crop_is_an_error_not_a_centre_crop() -> None:
+    model = tiny_model("ten_crop")
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.randn(6, 3, 8, 8), torch.arange(6) % NUM_CLASSES),
+        batch_size=3,
+    )
+    with pytest.raises(ValueError, match=r"eval_protocol='ten_crop' needs .* \(N, V, C, H, W\)"):
+        make_trainer().test(model, loader, verbose=False)
+
+
+# ------------------------------------------------------------------------------ end to end
+def hand_probabilities(model: ClassifierModule, path: Path, protocol: str, dm) -> torch.Tensor:
+    """An image's averaged probabilities, its views made with torchvision's own transforms."""
+    image = Image.open(path).convert("RGB")
+    if protocol == "ten_crop":
+        groups = [TenCrop(SMALL)(Resize(dm.eval_resize_size)(image))]
+    else:
+        groups = [[Resize(q)(image), TF.hflip(Resize(q)(image))] for q in (16, 24)]
+    probs = []
+    with torch.no_grad():
+        for group in groups:
+            x = dm.normalize(torch.stack([TF.pil_to_tensor(view) for view in group]))
+            probs.append(model(x).softmax(-1))
+    return torch.cat(probs).mean(0)
+
+
+@pytest.mark.parametrize("protocol", ["ten_crop", "dense:16,24"])
+def test_test_and_predict_average_the_views(tmp_path: Path, protocol: str) -> None:
+    files = write_tiny_folder(tmp_path, count=11)
+    dm = tiny_datamodule(tmp_path, predict_dir=str(tmp_path / "test"))
+    model = tiny_model(protocol)
+    trainer = make_trainer()
+    metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
+    predictions = trainer.predict(model, datamodule=dm)
+
+    model.eval()
+    short = "ten_crop" if protocol == "ten_crop" else "dense"
+    expected = {p.name: hand_probabilities(model, p, short, dm) for p in files}
+    labels = torch.tensor([int(p.parent.name[1:]) for p in files])
+    probs = torch.stack(list(expected.values()))
+    loss = -probs[torch.arange(len(files)), labels].log().mean()
+    acc1 = (probs.argmax(-1) == labels).float().mean()
+    assert metrics["test/loss"] == pytest.approx(float(loss), abs=1e-5)
+    assert metrics["test/acc1"] == pytest.approx(float(acc1), abs=1e-6)
+
+    # predict: the same probabilities, so the CSV matches test
+    rows = {
+        Path(path).name: row
+        for batch in predictions
+        for path, row in zip(batch["paths"], batch["probs"], strict=True)
+    }
+    assert sorted(rows) == sorted(expected)
+    for path, row in rows.items():
+        torch.testing.assert_close(row, expected[path], rtol=1e-5, atol=1e-6)
+    if short == "dense":  # one image per batch: images of different sizes cannot be stacked
+        assert all(len(batch["paths"]) == 1 for batch in predictions)
+
+
+# ------------------------------------------------------------------------------ DDP
+PROTOCOLS = ("center", "ten_crop", "dense:16,24")
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
+def test_two_processes_match_one_process(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_tiny_folder(data, count=37)  # 37: divisible by neither the batch size nor 2 processes
+    state_path = tmp_path / "state.pt"
+    torch.save(tiny_model("center").state_dict(), state_path)
+
+    single = {}
+    trainer = make_trainer()
+    for protocol in PROTOCOLS:
+        model = tiny_model(protocol)
+        model.load_state_dict(torch.load(state_path, weights_only=True))
+        single[protocol] = trainer.test(model, datamodule=tiny_datamodule(data), verbose=False)[0]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("LOCAL_RANK", None)
+    process = subprocess.run(
+        [sys.executable, __file__, "ddp-test", str(data), str(state_path), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-5000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    for protocol in PROTOCOLS:
+        if protocol != "center":  # the protocol took effect: its loss is not the centre crop's
+            assert single[protocol]["test/loss"] != pytest.approx(single["center"]["test/loss"])
+        # Lightning padded the split (38 images evaluated for 37), yet every image counts once
+        assert sum(rank["seen"][protocol] for rank in ranks) == 38
+        for rank in ranks:
+            multi = rank["test"][protocol]
+            assert multi["test/acc1"] == single[protocol]["test/acc1"]
+            assert multi["test/acc5"] == single[protocol]["test/acc5"]
+            assert multi["test/loss"] == pytest.approx(single[protocol]["test/loss"], abs=1e-6)
+
+
+def _ddp_test_main(data: str, state_path: str, out_dir: str) -> None:
+    """Each protocol on two gloo processes; Lightning starts rank 1 by running this file again."""
+    from lightning.pytorch.callbacks import Callback
+
+    torch.set_num_threads(1)
+
+    class SeenImages(Callback):
+        def __init__(self) -> None:
+            self.count = 0
+
+        def on_test_start(self, trainer, pl_module) -> None:
+            self.count = 0
+
+        def on_test_batch_end(self, trainer, pl_module, outputs, batch, *args) -> None:
+            self.count += len(batch[1])
+
+    result: dict[str, dict] = {"test": {}, "seen": {}}
+    seen = SeenImages()
+    trainer = make_trainer(devices=2, strategy="ddp", callbacks=[seen])
+    for protocol in PROTOCOLS:
+        model = tiny_model(protocol)
+        model.load_state_dict(torch.load(state_path, weights_only=True))
+        metrics = trainer.test(model, datamodule=tiny_datamodule(Path(data)), verbose=False)[0]
+        result["test"][protocol], result["seen"][protocol] = metrics, seen.count
+    Path(out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
+
+
+# ------------------------------------------------------------------------------ command line
+def test_cli_test_with_dense_protocol(fitted_run: Path, tmp_path: Path) -> None:
+    checkpoint = tmp_path / "fitted.ckpt"  # a copy: the shared run folder stays as it is
+    shutil.copy(fitted_run / "runs/digits-resnet20/version_0/checkpoints/last.ckpt", checkpoint)
+    images = 40  # dense batches hold one image each
+    run(
+        SCRIPT,
+        "test",
+        *TINY,
+        "--model.eval_protocol=dense",
+        f"--trainer.limit_test_batches={images}",
+        f"--ckpt_path={checkpoint}",
+        cwd=tmp_path,
+    )
+    (run_dir,) = run_dirs(tmp_path)
+    logged = {tag: values[-1] for tag, values in scalars(run_dir).items()}
+
+    # The same images evaluated in this process. The checkpoint (from a fit under "center")
+    # must not have put its own protocol over the command line's.
+    def evaluate(protocol: str) -> dict[str, float]:
+        model = ClassifierModule.load_from_checkpoint(checkpoint, eval_protocol=protocol)
+        dm = DigitsDataModule(image_size=8, batch_size=1)
+        trainer = make_trainer(limit_test_batches=images)
+        return trainer.test(model, datamodule=dm, verbose=False)[0]
+
+    dense, center = evaluate("dense"), evaluate("center")
+    assert logged["test/acc1"] == pytest.approx(dense["test/acc1"], abs=1e-6)
+    assert logged["test/loss"] == pytest.approx(dense["test/loss"], abs=1e-5)
+    assert dense["test/loss"] != pytest.approx(center["test/loss"], abs=1e-4)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["ddp-test"]:
+        _ddp_test_main(*sys.argv[2:5])
