@@ -390,3 +390,33 @@ def test_cli_test_with_dense_protocol(fitted_run: Path, tmp_path: Path) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["ddp-test"]:
         _ddp_test_main(*sys.argv[2:5])
+
+
+def test_vgg16_paper_recipe_tests_with_the_dense_protocol_end_to_end(tmp_path: Path) -> None:
+    """`lit-classifiers test` with the VGG paper recipe on a tiny ImageNet: the dense protocol runs
+    through the CLI (one scale, the smallest that leaves fc6 a 7x7 map; the recipe's own are in
+    tests/test_recipes.py)."""
+    from helpers.cli import CONFIGS
+    from helpers.data import make_folder_layout
+
+    data = make_folder_layout(tmp_path / "imagenet")
+    run(
+        SCRIPT,
+        "test",
+        "--config",
+        CONFIGS / "imagenet" / "base.yaml",
+        "--config",
+        CONFIGS / "imagenet" / "vgg16_paper.yaml",
+        f"--data.data_dir={data}",
+        "--data.image_size=32",
+        "--data.batch_size=2",
+        "--data.num_workers=0",
+        "--model.eval_protocol=dense:224",
+        "--trainer.limit_test_batches=1",
+        "--trainer.enable_progress_bar=false",
+        cwd=tmp_path,
+    )
+    (run_dir,) = run_dirs(tmp_path, "imagenet-vgg16")
+    logged = scalars(run_dir)
+    assert {"test/acc1", "test/loss"} <= set(logged)
+    assert "eval_protocol: dense:224" in (run_dir / "config.yaml").read_text()
