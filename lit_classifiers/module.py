@@ -122,8 +122,12 @@ class ClassifierModule(pl.LightningModule):
         lr_scheduler: Builds the learning-rate scheduler from the optimizer, or ``None``.
         lr_scheduler_interval: Step the scheduler every ``"epoch"`` or every ``"step"``.
         lr_scheduler_monitor: Metric a ``ReduceLROnPlateau`` follows (its ``mode`` must fit).
-        warmup_epochs: Linear warm-up over this many epochs (stepped per epoch), or
-        warmup_steps: over this many optimizer steps; multiplies the main schedule.
+        warmup_epochs: Epochs over which the learning rate ramps up linearly from
+            ``warmup_start_factor`` times its value (updated once an epoch); 0: none. Give
+            this or ``warmup_steps``, not both. The warm-up multiplies the main schedule.
+        warmup_steps: Optimizer steps over which the learning rate ramps up linearly from
+            ``warmup_start_factor`` times its value; 0: none. Give this or ``warmup_epochs``,
+            not both. The warm-up multiplies the main schedule.
         warmup_start_factor: Learning-rate fraction the warm-up starts from.
         label_smoothing: Label smoothing of the training loss (evaluation loss is plain
             cross-entropy, comparable across recipes).
