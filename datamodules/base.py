@@ -34,6 +34,8 @@ __all__ = [
     "FileImageDataModule",
     "ImageClassificationDataModule",
     "check_image_size",
+    "check_min_scale",
+    "check_on_bad_image",
     "default_num_workers",
 ]
 
@@ -55,6 +57,18 @@ def check_image_size(image_size: int, minimum: int = 8) -> int:
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < minimum:
         raise ValueError(f"image_size must be an int >= {minimum}, got {image_size!r}")
     return image_size
+
+
+def check_min_scale(min_scale: float) -> float:
+    if isinstance(min_scale, bool) or not 0.0 < min_scale <= 1.0:
+        raise ValueError(f"min_scale must be a float in (0, 1], got {min_scale!r}")
+    return min_scale
+
+
+def check_on_bad_image(on_bad_image: str) -> str:
+    if on_bad_image not in ("error", "skip"):
+        raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+    return on_bad_image
 
 
 class ImageClassificationDataModule(LightningDataModule):
@@ -353,10 +367,8 @@ class FileImageDataModule(ImageClassificationDataModule):
             predict_dir=predict_dir,
         )
         check_image_size(image_size)
-        if isinstance(min_scale, bool) or not 0.0 < min_scale <= 1.0:
-            raise ValueError(f"min_scale must be a float in (0, 1], got {min_scale!r}")
-        if on_bad_image not in ("error", "skip"):
-            raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+        check_min_scale(min_scale)
+        check_on_bad_image(on_bad_image)
         self.data_dir = data_dir
         self.eval_resize = eval_resize
         self.min_scale = min_scale

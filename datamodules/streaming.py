@@ -62,7 +62,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.augment import TrainAugment
-from datamodules.base import ImageClassificationDataModule, check_image_size
+from datamodules.base import (
+    ImageClassificationDataModule,
+    check_image_size,
+    check_min_scale,
+    check_on_bad_image,
+)
 from datamodules.datasets import OnBadImage
 from datamodules.decoding import ImageDecodeError
 from datamodules.eval_views import (
@@ -567,10 +572,8 @@ class StreamingDataModule(ImageClassificationDataModule):
         if not isinstance(input_dir, str) or not input_dir:
             raise ValueError(f"input_dir must be a folder or URL, got {input_dir!r}")
         _litdata_class("StreamingImageDataset")  # without litdata, fail now rather than in setup
-        if isinstance(min_scale, bool) or not 0.0 < min_scale <= 1.0:
-            raise ValueError(f"min_scale must be a float in (0, 1], got {min_scale!r}")
-        if on_bad_image not in ("error", "skip"):
-            raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+        check_min_scale(min_scale)
+        check_on_bad_image(on_bad_image)
         self.input_dir = input_dir
         self.cache_dir = cache_dir
         self.max_cache_size = max_cache_size
