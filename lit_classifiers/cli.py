@@ -52,7 +52,7 @@ from jsonargparse import ActionConfigFile, DefaultHelpFormatter, Namespace
 from jsonargparse.typing import register_type
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
 
@@ -116,7 +116,7 @@ _ELSEWHERE = {
 
 _TRAINER_DOCS = "https://lightning.ai/docs/pytorch/stable/core-api/trainer"
 #: Option groups whose help is Lightning's: shown as their first sentence.
-_LIGHTNING_GROUPS = ("trainer.", "checkpoint.", "lr_monitor.", "seed_everything", "weights_only")
+_LIGHTNING_GROUPS = ("trainer.", "checkpoint.", "seed_everything", "weights_only")
 
 
 def quiet_known_noise() -> None:
@@ -337,8 +337,17 @@ def _explain_required(names: str) -> str:
     return f"--{first} is required"
 
 
+#: Options earlier versions had (and saved in each run's config.yaml), with what replaced them.
+_REMOVED = {
+    "lr_monitor": "removed: the module logs the learning rate itself (train/lr, or "
+    "train/lr/<group>); delete the lr_monitor section from the config",
+}
+
+
 def _explain_unknown_option(option: str, parser: argparse.ArgumentParser | None) -> str:
     name = option.lstrip("-")
+    if (removed := _REMOVED.get(name.split(".", 1)[0])) is not None:
+        return f"{option}: {removed}"
     last = name.rsplit(".", 1)[-1]
     known = [o for o in getattr(parser, "_option_string_actions", {}) if o.startswith("--")]
     # The optimizer's own arguments are checked by its class; options inside it are not listed.
@@ -557,7 +566,6 @@ class ClassifierCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
-        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(PredictionCSVWriter, "predictions")
         titles = {
             "model": "The model (ClassifierModule)",
@@ -566,7 +574,6 @@ class ClassifierCLI(LightningCLI):
             "(--data.help NAME lists them)",
             "checkpoint": "Checkpoints (Lightning's ModelCheckpoint): the best val/acc1 and "
             "last.ckpt in the run's checkpoints/",
-            "lr_monitor": "Learning-rate logging (Lightning's LearningRateMonitor)",
             "predictions": "The CSV that predict writes",
         }
         for key, title in titles.items():
@@ -745,10 +752,6 @@ class ClassifierCLI(LightningCLI):
         super().after_instantiate_classes()
         for namespace, key in getattr(self, "_pinned", []):
             setattr(namespace, key, None)
-        if not self.trainer.loggers:  # --trainer.logger false: nothing to log the rate to
-            self.trainer.callbacks = [
-                c for c in self.trainer.callbacks if not isinstance(c, LearningRateMonitor)
-            ]
         if _is_launching_process():
             for logger in self.trainer.loggers:
                 if isinstance(logger, CSVLogger):
@@ -975,7 +978,7 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> ClassifierC
         parser_class=ConciseArgumentParser,
         trainer_defaults={
             "logger": {
-                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "class_path": "lit_classifiers.callbacks.ClassifierTensorBoardLogger",
                 "init_args": {"save_dir": "runs", "name": None, "default_hp_metric": False},
             },
         },

@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers.cli import CONFIGS, REPO, SCRIPT, TINY, run, run_dirs, scalars
+from helpers.cli import CONFIGS, REPO, SCRIPT, TINY, Case, run, run_dirs, run_each, scalars
 from helpers.data import write_stl10
 from PIL import Image
 
@@ -29,7 +29,10 @@ def test_fit_writes_checkpoint_config_and_tensorboard_events(fitted_run):
     logged = scalars(run_dir)
     for name in ("train/loss", "train/acc1", "val/loss", "val/acc1", "val/acc5"):
         assert name in logged, sorted(logged)
-    assert any(name.startswith("lr-") or name == "train/lr" for name in logged)
+    # One learning-rate curve, the module's own (no LearningRateMonitor "lr-SGD" beside it),
+    # and the Scalars view holds train/ and val/ only: no "epoch", no "hp_metric" placeholder.
+    assert "train/lr" in logged and not any(name.startswith("lr") for name in logged)
+    assert {name.split("/")[0] for name in logged} == {"train", "val"}, sorted(logged)
     # The data's classes reached the model without being given on the command line.
     hparams = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)[
         "hyper_parameters"
@@ -104,15 +107,12 @@ def test_predict_on_a_folder_writes_a_csv(fitted_run, tmp_path):
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-5
 
 
-def test_print_config_round_trips(tmp_path):
-    first = run(
-        SCRIPT,
-        "fit",
-        "--config",
-        CONFIGS / "digits" / "resnet20.yaml",
-        "--print_config",
-        cwd=tmp_path,
+def test_print_config_round_trips_and_lists_every_option(tmp_path):
+    recipe = ["fit", "--config", CONFIGS / "digits" / "resnet20.yaml", "--print_config"]
+    first, bare = run_each(
+        [Case(recipe, tmp_path), Case(["fit", "--print_config"], tmp_path)], tmp_path / "io"
     )
+    assert first.returncode == 0 and bare.returncode == 0, first.stderr + bare.stderr
     (tmp_path / "printed.yaml").write_text(first.stdout)
     second = run(
         SCRIPT, "fit", "--config", tmp_path / "printed.yaml", "--print_config", cwd=tmp_path
@@ -122,6 +122,12 @@ def test_print_config_round_trips(tmp_path):
         "backbone: resnet20" in first.stdout
         and "class_path: datamodules.DigitsDataModule" in first.stdout
     )
+    for key in ("model:", "backbone:", "data:", "checkpoint:", "monitor: val/acc1"):
+        assert key in bare.stdout
+    assert "class_path: lit_classifiers.callbacks.ClassifierTensorBoardLogger" in bare.stdout
+    # The module logs the rate itself; Lightning's LearningRateMonitor would log each scheduler
+    # (warm-up included) as a second set of curves.
+    assert "lr_monitor" not in bare.stdout and "LearningRateMonitor" not in bare.stdout
 
 
 def test_readme_stl10_example_runs_as_written(tmp_path):
@@ -134,49 +140,49 @@ def test_readme_stl10_example_runs_as_written(tmp_path):
     assert "`Trainer.fit` stopped" in result.stdout + result.stderr
 
 
-def test_bare_print_config_lists_every_option(tmp_path):
-    out = run(SCRIPT, "fit", "--print_config", cwd=tmp_path).stdout
-    for key in ("model:", "backbone:", "data:", "checkpoint:", "monitor: val/acc1", "lr_monitor:"):
-        assert key in out
-
-
 def test_backbones_lists_parameters_flops_and_papers(tmp_path):
-    out = run(SCRIPT, "backbones", "resnet*", cwd=tmp_path).stdout
+    listed, missing = run_each(
+        [Case(["backbones", "resnet*"], tmp_path), Case(["backbones", "nothing*"], tmp_path)],
+        tmp_path / "io",
+    )
+    out = listed.stdout
+    assert listed.returncode == 0, listed.stderr
     assert "25,557,032" in out and "4.089" in out  # resnet50: parameters and GMACs at 224
     assert "Deep Residual Learning" in out
     assert sum(line.startswith("resnet") for line in out.splitlines()) == len(
         list_backbones("resnet*")
     )
-    missing = run(SCRIPT, "backbones", "nothing*", cwd=tmp_path, check=False)
     assert missing.returncode == 1 and "no backbone matches 'nothing*'" in missing.stderr
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (
-            ["fit", "--model.backbone=resnet5", "--data=DigitsDataModule"],
-            r"unknown backbone 'resnet5'.*did you mean",
-        ),
-        (
-            [
-                "fit",
-                "--model.backbone=resnet18",
-                "--data=STL10DataModule",
-                "--data.data_dir=no/such/dir",
-            ],
-            r"no/such/dir",
-        ),
-        (["fit", "--config", "broken.yaml"], r"broken\.yaml"),
-    ],
-    ids=["unknown-backbone", "missing-data-dir", "malformed-yaml"],
-)
-def test_bad_input_exits_non_zero_and_names_the_problem(tmp_path, args, message):
+#: Each mistake: the command, and what its error must name.
+BAD_INPUT: dict[str, tuple[list[str], str]] = {
+    "unknown-backbone": (
+        ["fit", "--model.backbone=resnet5", "--data=DigitsDataModule"],
+        r"unknown backbone 'resnet5'.*did you mean",
+    ),
+    "missing-data-dir": (
+        [
+            "fit",
+            "--model.backbone=resnet18",
+            "--data=STL10DataModule",
+            "--data.data_dir=no/such/dir",
+        ],
+        r"no/such/dir",
+    ),
+    "malformed-yaml": (["fit", "--config", "broken.yaml"], r"broken\.yaml"),
+}
+
+
+def test_bad_input_exits_non_zero_and_names_the_problem(tmp_path):
     (tmp_path / "broken.yaml").write_text("model:\n  backbone: [resnet18\n data: {")
-    result = run(SCRIPT, *args, "--trainer.max_epochs=1", cwd=tmp_path, check=False)
-    assert result.returncode != 0
-    assert re.search(message, result.stderr, re.DOTALL), result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
+    cases = [Case([*args, "--trainer.max_epochs=1"], tmp_path) for args, _ in BAD_INPUT.values()]
+    for (name, (_, message)), result in zip(
+        BAD_INPUT.items(), run_each(cases, tmp_path / "io"), strict=True
+    ):
+        assert result.returncode != 0, name
+        assert re.search(message, result.stderr, re.DOTALL), (name, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr, name
 
 
 def readme_quickstart() -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import http.server
 import pathlib
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -18,10 +17,12 @@ import torch
 from helpers.cli import (
     SCRIPT,
     TINY,
+    Case,
     assert_one_line_error,
     cli_env,
     run,
     run_dirs,
+    run_each,
     scalars,
     start,
 )
@@ -80,19 +81,17 @@ def test_checkpoint_url_never_runs_code_in_any_subcommand(
     photos.mkdir()
     Image.new("L", (8, 8), 100).save(photos / "a.png")
     torch_home = tmp_path / "torch_home"
-    env = cli_env(TORCH_HOME=str(torch_home))
     commands = [
         [sub, *TINY, "--ckpt_path", f"{base}/evil.ckpt"]
         for sub in ("fit", "validate", "test", "predict")
     ]
     commands[-1] += ["--data.predict_dir", str(photos)]
-    for _attempt in range(2):  # a cached copy must not run on the next call either
-        processes = [start(SCRIPT, *command, cwd=tmp_path, env=env) for command in commands]
-        for process in processes:
-            stdout, stderr = process.communicate(timeout=300)
-            result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-            assert_one_line_error(result, r"evil\.ckpt.*(weights_only|code)")
-            assert "weights_only=False" not in stderr
+    env = {"TORCH_HOME": str(torch_home)}
+    # Twice: a cached copy must not run on the next call either.
+    cases = [Case(command, tmp_path, env) for command in commands * 2]
+    for result in run_each(cases, tmp_path / "io"):
+        assert_one_line_error(result, r"evil\.ckpt.*(weights_only|code)")
+        assert "weights_only=False" not in result.stderr
     assert not marker.exists()
     assert not list(torch_home.rglob("*.ckpt"))  # the hub cache is no back door
 
@@ -109,26 +108,33 @@ def test_good_checkpoint_url_is_loaded(
     assert not list((tmp_path / "torch_home").rglob("*.ckpt"))
 
 
-@pytest.mark.parametrize(
-    "hparams",
-    [
-        {"backbone": {"class_path": "this.Foo"}},
-        {"_instantiator": "this.Foo"},
-        {"_class_path": "this.Foo"},
-        {"backbone": "torch.nn.Identity"},
-        {"backbone_kwargs": {"weights": {"class_path": "this.Foo", "init_args": {}}}},
-    ],
-    ids=["backbone-class-path", "instantiator", "class-path", "torch-class", "nested"],
-)
+#: Hyper-parameters a hostile checkpoint could carry to make jsonargparse import or build a class.
+HOSTILE_HPARAMS: dict[str, dict[str, object]] = {
+    "backbone-class-path": {"backbone": {"class_path": "this.Foo"}},
+    "instantiator": {"_instantiator": "this.Foo"},
+    "class-path": {"_class_path": "this.Foo"},
+    "torch-class": {"backbone": "torch.nn.Identity"},
+    "nested": {"backbone_kwargs": {"weights": {"class_path": "this.Foo", "init_args": {}}}},
+}
+
+
 def test_checkpoint_hparams_cannot_import_or_build_classes(
-    good_checkpoint: Path, tmp_path: Path, hparams: dict[str, object]
+    good_checkpoint: Path, tmp_path: Path
 ) -> None:
-    evil = edited_checkpoint(good_checkpoint, tmp_path / "evil.ckpt", **hparams)
-    result = run(SCRIPT, "validate", *TINY, "--ckpt_path", evil, cwd=tmp_path, check=False)
-    assert ZEN not in result.stdout + result.stderr
-    key = next(iter(hparams))
-    assert_one_line_error(result, rf"evil\.ckpt.*{key}")
-    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.tfevents*"))
+    cases = []
+    for name, hparams in HOSTILE_HPARAMS.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        evil = edited_checkpoint(good_checkpoint, folder / "evil.ckpt", **hparams)
+        cases.append(Case(["validate", *TINY, "--ckpt_path", evil], folder))
+    for (name, hparams), result in zip(
+        HOSTILE_HPARAMS.items(), run_each(cases, tmp_path / "io"), strict=True
+    ):
+        assert ZEN not in result.stdout + result.stderr, name
+        assert not result.imported_this, name  # `this` would print the Zen only once
+        assert_one_line_error(result, rf"evil\.ckpt.*{next(iter(hparams))}")
+        runs = tmp_path / name / "runs"
+        assert not runs.exists() or not list(runs.rglob("*.tfevents*")), name
 
 
 def test_two_fits_started_at_once_get_their_own_run_folders(tmp_path: Path) -> None:
@@ -190,31 +196,29 @@ def write_damaged(kind: str, good: Path, target: Path) -> Path:
     return target
 
 
-@pytest.mark.parametrize("kind", ["zero-bytes", "truncated", "text", "corrupt"])
-def test_damaged_checkpoints_give_one_line(good_checkpoint: Path, tmp_path: Path, kind: str):
-    damaged = write_damaged(kind, good_checkpoint, tmp_path / "damaged.ckpt")
-    result = run(SCRIPT, "test", *TINY, "--ckpt_path", damaged, cwd=tmp_path, check=False)
-    assert_one_line_error(result, r"damaged\.ckpt")
-
-
-def test_checkpoint_refused_by_weights_only_never_advises_unsafe_loading(
-    good_checkpoint: Path, tmp_path: Path
-) -> None:
+def test_damaged_or_refused_checkpoints_give_one_line(good_checkpoint: Path, tmp_path: Path):
+    kinds = ["zero-bytes", "truncated", "text", "corrupt"]
+    cases = [
+        Case(
+            [
+                "test",
+                *TINY,
+                "--ckpt_path",
+                write_damaged(kind, good_checkpoint, tmp_path / f"damaged-{kind}.ckpt"),
+            ],
+            tmp_path,
+        )
+        for kind in kinds
+    ]
     checkpoint = torch.load(good_checkpoint, weights_only=True)
     checkpoint["extra"] = CreatesFile(tmp_path / "pwned")
     torch.save(checkpoint, tmp_path / "unsafe.ckpt")
-    result = run(SCRIPT, "test", *TINY, "--ckpt_path", "unsafe.ckpt", cwd=tmp_path, check=False)
-    line = assert_one_line_error(result, r"unsafe\.ckpt")
-    assert "weights_only=False" not in result.stderr and "weights_only=False" not in line
-    assert not (tmp_path / "pwned").exists()
-
-
-def test_checkpoint_of_another_class_count_gives_one_line(good_checkpoint: Path, tmp_path: Path):
+    cases.append(Case(["test", *TINY, "--ckpt_path", "unsafe.ckpt"], tmp_path))
     folder = bad_image_folder(tmp_path / "three")
     (folder / "train" / "b" / "broken.png").unlink()
     (folder / "train" / "c").mkdir()
     Image.new("RGB", (12, 12)).save(folder / "train" / "c" / "0.png")
-    args = [
+    three_classes = [
         "--model.backbone=resnet20",
         "--data=ImageFolderDataModule",
         f"--data.data_dir={folder}",
@@ -222,50 +226,59 @@ def test_checkpoint_of_another_class_count_gives_one_line(good_checkpoint: Path,
         "--data.num_workers=0",
         "--trainer.enable_progress_bar=false",
     ]
-    result = run(SCRIPT, "test", *args, "--ckpt_path", good_checkpoint, cwd=tmp_path, check=False)
-    assert_one_line_error(result, r"(num_classes|classes).*(10|3)")
+    cases.append(Case(["test", *three_classes, "--ckpt_path", good_checkpoint], tmp_path))
+    *damaged, unsafe, other_count = run_each(cases, tmp_path / "io")
+    for kind, result in zip(kinds, damaged, strict=True):
+        assert_one_line_error(result, rf"damaged-{kind}\.ckpt")
+    # refused by weights_only: the message never advises loading it unsafely
+    line = assert_one_line_error(unsafe, r"unsafe\.ckpt")
+    assert "weights_only=False" not in unsafe.stderr and "weights_only=False" not in line
+    assert not (tmp_path / "pwned").exists()
+    assert_one_line_error(other_count, r"(num_classes|classes).*(10|3)")
 
 
-@pytest.mark.parametrize(
-    ("args", "pattern"),
-    [
-        (["fit", *TINY, "--trainer.accelerator=gpu"], r"accelerator=gpu.*no GPU"),
-        (["backbones", "resnet18", "--input-size", "8"], r"resnet18.*(8|size)"),
-        (["fit", *TINY, "--trainer.max_epochs=abc"], r"max_epochs.*abc"),
-        (["fit", "--config", "empty.yaml"], r"empty\.yaml.*empty"),
-        (
-            ["fit", *TINY, "--model.optimizer=SGD", "--model.optimizer.init_args.lr=1e12"],
-            r"non-finite",
-        ),
-        (
-            [
-                "fit",
-                "--model.backbone=resnet20",
-                "--data=ImageFolderDataModule",
-                "--data.data_dir=images",
-                "--data.image_size=8",
-                "--data.batch_size=8",
-                "--data.num_workers=1",
-                "--trainer.max_epochs=1",
-                "--trainer.enable_progress_bar=false",
-            ],
-            r"broken\.png",
-        ),
-    ],
-    ids=["no-gpu", "backbones-input-size", "option-type", "empty-yaml", "divergence", "bad-image"],
-)
-def test_mistakes_end_in_one_line(tmp_path: Path, args: list[str], pattern: str) -> None:
+#: Each mistake: the command, and the one error line it must get.
+MISTAKES: dict[str, tuple[list[str], str]] = {
+    "no-gpu": (["fit", *TINY, "--trainer.accelerator=gpu"], r"accelerator=gpu.*no GPU"),
+    "backbones-input-size": (
+        ["backbones", "resnet18", "--input-size", "8"],
+        r"resnet18.*(8|size)",
+    ),
+    "option-type": (["fit", *TINY, "--trainer.max_epochs=abc"], r"max_epochs.*abc"),
+    "empty-yaml": (["fit", "--config", "empty.yaml"], r"empty\.yaml.*empty"),
+    "divergence": (
+        ["fit", *TINY, "--model.optimizer=SGD", "--model.optimizer.init_args.lr=1e12"],
+        r"non-finite",
+    ),
+    "bad-image": (
+        [
+            "fit",
+            "--model.backbone=resnet20",
+            "--data=ImageFolderDataModule",
+            "--data.data_dir=images",
+            "--data.image_size=8",
+            "--data.batch_size=8",
+            "--data.num_workers=1",
+            "--trainer.max_epochs=1",
+            "--trainer.enable_progress_bar=false",
+        ],
+        r"broken\.png",
+    ),
+}
+
+
+def test_mistakes_end_in_one_line_and_the_debug_variable_keeps_the_traceback(
+    tmp_path: Path,
+) -> None:
     (tmp_path / "empty.yaml").write_text("")
     bad_image_folder(tmp_path / "images")
-    result = run(SCRIPT, *args, cwd=tmp_path, check=False)
-    assert_one_line_error(result, pattern)
-
-
-def test_debug_variable_keeps_the_traceback(tmp_path: Path) -> None:
-    (tmp_path / "empty.yaml").write_text("")
-    env = {**cli_env(), "LIT_CLASSIFIERS_DEBUG": "1"}
-    result = run(SCRIPT, "fit", "--config", "empty.yaml", cwd=tmp_path, check=False, env=env)
-    assert result.returncode != 0 and "Traceback" in result.stderr
+    cases = [Case(args, tmp_path) for args, _ in MISTAKES.values()]
+    debug = Case(["fit", "--config", "empty.yaml"], tmp_path, {"LIT_CLASSIFIERS_DEBUG": "1"})
+    *results, debugged = run_each([*cases, debug], tmp_path / "io")
+    for (name, (_, pattern)), result in zip(MISTAKES.items(), results, strict=True):
+        assert result.returncode != 0, name
+        assert_one_line_error(result, pattern)
+    assert debugged.returncode != 0 and "Traceback" in debugged.stderr
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,11 +14,13 @@ import pytest
 from helpers.cli import (
     SCRIPT,
     TINY,
+    Case,
     assert_one_line_error,
     cli_env,
     hparams_trials,
     run,
     run_dirs,
+    run_each,
     scalars,
 )
 from PIL import Image
@@ -72,105 +74,106 @@ def test_every_subcommand_main_runs_is_listed() -> None:
 def test_top_level_help_and_missing_subcommand_name_every_subcommand(tmp_path: Path) -> None:
     subcommands = ("fit", "validate", "test", "predict", *cli.OTHER_SUBCOMMANDS)
     assert {"backbones", "export"} <= set(subcommands)
-    text = run(SCRIPT, "--help", cwd=tmp_path, env=cli_env(**HELP_ENV)).stdout
-    listed = re.findall(r"^    (\w+)\s", text, re.MULTILINE)
-    assert tuple(listed) == subcommands, text
-    bare = run(SCRIPT, cwd=tmp_path, check=False)
+    helped, bare = run_each(
+        [Case(["--help"], tmp_path, HELP_ENV), Case([], tmp_path)], tmp_path / "io"
+    )
+    listed = re.findall(r"^    (\w+)\s", helped.stdout, re.MULTILINE)
+    assert tuple(listed) == subcommands, helped.stdout
     assert bare.returncode == 2
     line = assert_one_line_error(bare, "subcommand is required")
     assert all(name in line for name in subcommands), line
 
 
 # ------------------------------------------------------------------------------------ mistakes
-@pytest.mark.parametrize(
-    ("args", "pattern"),
-    [
-        (
-            [
-                "fit",
-                "--model.backbone=resnet18",
-                "--data=ImageFolderDataModule",
-                "--data.data_dir=no/such/dir",
-            ],
-            r"^lit-classifiers: error: .*no/such/dir",
-        ),
-        (["fit", *TINY, "--lr", "0.01"], r"--lr: no such option; did you mean --model\.lr\?"),
-        (
-            ["fit", "--model.backbone=resnet20", "--data", "Digits"],
-            r"--data Digits: no such datamodule; did you mean DigitsDataModule\?",
-        ),
-        (
-            ["fit", "--model", "resnet18", "--data=DigitsDataModule"],
-            r"--model takes a config file.*the backbone is --model\.backbone resnet18",
-        ),
-        (
-            ["fit", *TINY, "--trainer.max_epoch", "1"],
-            r"--trainer\.max_epoch: no such option; did you mean --trainer\.max_epochs",
-        ),
-        (
-            ["fit", *TINY, "--data.imagesize=8"],
-            r"--data\.imagesize: DigitsDataModule has no such argument; did you mean "
-            r"--data\.image_size\?",
-        ),
-        (
-            ["fit", *TINY, "--model.optimizer.init_args.lrr=0.1"],
-            r"--model\.optimizer\.init_args\.lrr: SGD has no such argument; did you mean "
-            r"--model\.optimizer\.init_args\.lr\?",
-        ),
-        (
-            ["fit", *TINY, "--model.num_classes=3"],
-            r"--model\.num_classes: no such option; the data sets it",
-        ),
-        (
-            ["fit", "--data=ImageFolderDataModule", "--model.backbone=resnet18"],
-            r"ImageFolderDataModule needs --data\.data_dir",
-        ),
-        (["fit", "--config", "typo.yaml"], r"config key 'model\.learning_rate'.*--model\.lr"),
-        (
-            ["fit", *TINY, "--model.optimizer", "Adamm"],
-            r"--model\.optimizer Adamm: no such class; did you mean Adam\b",
-        ),
-        (
-            ["fit", *TINY, "--model.lr_scheduler_interval", "epochs"],
-            r"--model\.lr_scheduler_interval: expected one of 'epoch', 'step', got 'epochs'",
-        ),
-        (["fti"], r"unknown subcommand 'fti'"),
-    ],
-    ids=[
-        "missing-data-dir",
-        "learning-rate",
-        "datamodule-name",
-        "model-as-backbone",
-        "abbreviated-option",
-        "datamodule-argument",
-        "optimizer-argument",
-        "linked-argument",
-        "required-data-dir",
-        "config-key",
-        "class-name",
-        "literal",
-        "subcommand",
-    ],
-)
-def test_mistakes_get_one_line_saying_what_to_write(
-    tmp_path: Path, args: list[str], pattern: str
-) -> None:
+#: Each mistake: the command, and the one error line it must get.
+MISTAKES: dict[str, tuple[list[str], str]] = {
+    "missing-data-dir": (
+        [
+            "fit",
+            "--model.backbone=resnet18",
+            "--data=ImageFolderDataModule",
+            "--data.data_dir=no/such/dir",
+        ],
+        r"^lit-classifiers: error: .*no/such/dir",
+    ),
+    "learning-rate": (
+        ["fit", *TINY, "--lr", "0.01"],
+        r"--lr: no such option; did you mean --model\.lr\?",
+    ),
+    "datamodule-name": (
+        ["fit", "--model.backbone=resnet20", "--data", "Digits"],
+        r"--data Digits: no such datamodule; did you mean DigitsDataModule\?",
+    ),
+    "model-as-backbone": (
+        ["fit", "--model", "resnet18", "--data=DigitsDataModule"],
+        r"--model takes a config file.*the backbone is --model\.backbone resnet18",
+    ),
+    "abbreviated-option": (
+        ["fit", *TINY, "--trainer.max_epoch", "1"],
+        r"--trainer\.max_epoch: no such option; did you mean --trainer\.max_epochs",
+    ),
+    "datamodule-argument": (
+        ["fit", *TINY, "--data.imagesize=8"],
+        r"--data\.imagesize: DigitsDataModule has no such argument; did you mean "
+        r"--data\.image_size\?",
+    ),
+    "optimizer-argument": (
+        ["fit", *TINY, "--model.optimizer.init_args.lrr=0.1"],
+        r"--model\.optimizer\.init_args\.lrr: SGD has no such argument; did you mean "
+        r"--model\.optimizer\.init_args\.lr\?",
+    ),
+    "linked-argument": (
+        ["fit", *TINY, "--model.num_classes=3"],
+        r"--model\.num_classes: no such option; the data sets it",
+    ),
+    "required-data-dir": (
+        ["fit", "--data=ImageFolderDataModule", "--model.backbone=resnet18"],
+        r"ImageFolderDataModule needs --data\.data_dir",
+    ),
+    "config-key": (
+        ["fit", "--config", "typo.yaml"],
+        r"config key 'model\.learning_rate'.*--model\.lr",
+    ),
+    # A config.yaml saved by an earlier version, which had Lightning's LearningRateMonitor.
+    "removed-section": (
+        ["fit", "--config", "old.yaml", *TINY],
+        r"config key 'lr_monitor\.logging_interval': removed: the module logs the learning rate "
+        r"itself.*delete the lr_monitor section",
+    ),
+    "class-name": (
+        ["fit", *TINY, "--model.optimizer", "Adamm"],
+        r"--model\.optimizer Adamm: no such class; did you mean Adam\b",
+    ),
+    "literal": (
+        ["fit", *TINY, "--model.lr_scheduler_interval", "epochs"],
+        r"--model\.lr_scheduler_interval: expected one of 'epoch', 'step', got 'epochs'",
+    ),
+    "subcommand": (["fti"], r"unknown subcommand 'fti'"),
+}
+
+
+def test_mistakes_get_one_line_saying_what_to_write(tmp_path: Path) -> None:
     (tmp_path / "typo.yaml").write_text(
         "model:\n  backbone: resnet20\n  learning_rate: 0.1\ndata: DigitsDataModule\n"
     )
-    result = run(SCRIPT, *args, cwd=tmp_path, check=False)
-    assert result.returncode == 2, result.stderr[-2000:]
-    line = assert_one_line_error(result, pattern)
-    assert "Namespace(" not in line and "Union" not in line and "<class '" not in line
+    (tmp_path / "old.yaml").write_text("lr_monitor:\n  logging_interval: step\n")
+    results = run_each([Case(args, tmp_path) for args, _ in MISTAKES.values()], tmp_path / "io")
+    for (name, (_, pattern)), result in zip(MISTAKES.items(), results, strict=True):
+        assert result.returncode == 2, (name, result.stderr[-2000:])
+        line = assert_one_line_error(result, pattern)
+        assert "Namespace(" not in line and "Union" not in line and "<class '" not in line, name
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.ckpt"))
 
 
 def test_learning_rate_shortcut_and_full_option_both_reach_the_config(tmp_path: Path) -> None:
-    shortcut = run(SCRIPT, "fit", *TINY, "--model.lr=0.01", "--print_config", cwd=tmp_path)
-    assert re.search(r"^  lr: 0\.01$", shortcut.stdout, re.MULTILINE), shortcut.stdout
-    full = run(
-        SCRIPT, "fit", *TINY, "--model.optimizer.init_args.lr=0.02", "--print_config", cwd=tmp_path
+    shortcut, full = run_each(
+        [
+            Case(["fit", *TINY, "--model.lr=0.01", "--print_config"], tmp_path),
+            Case(["fit", *TINY, "--model.optimizer.init_args.lr=0.02", "--print_config"], tmp_path),
+        ],
+        tmp_path / "io",
     )
+    assert re.search(r"^  lr: 0\.01$", shortcut.stdout, re.MULTILINE), shortcut.stdout
     assert re.search(r"^      lr: 0\.02$", full.stdout, re.MULTILINE), full.stdout
 
 

@@ -141,13 +141,15 @@ INDEPENDENT = {
 }
 # The recipes as they were before the split (one self-contained file each, commit 802d389), minus
 # their comments: what each run must still get. Per dataset the keys every old file had, then each
-# file's own; a class_path of its own replaces that class's arguments.
+# file's own; a class_path of its own replaces that class's arguments. The logger is now the
+# CLI's default ClassifierTensorBoardLogger (a TensorBoardLogger whose Scalars view opens on
+# train/ and val/), not Lightning's TensorBoardLogger.
 OLD_COMMON: dict[str, dict[str, Any]] = {
     "stl10": {
         "seed_everything": 0,
         "trainer.max_epochs": 200,
         "trainer.precision": "32-true",
-        "trainer.logger.class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "trainer.logger.class_path": "lit_classifiers.callbacks.ClassifierTensorBoardLogger",
         "trainer.logger.init_args.save_dir": "runs",
         "trainer.logger.init_args.default_hp_metric": False,
         "model.label_smoothing": 0.1,
@@ -168,7 +170,7 @@ OLD_COMMON: dict[str, dict[str, Any]] = {
     "imagenet": {
         "seed_everything": 0,
         "trainer.max_epochs": 90,
-        "trainer.logger.class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "trainer.logger.class_path": "lit_classifiers.callbacks.ClassifierTensorBoardLogger",
         "trainer.logger.init_args.save_dir": "runs",
         "trainer.logger.init_args.default_hp_metric": False,
         "model.optimizer.class_path": "torch.optim.SGD",

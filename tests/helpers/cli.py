@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -57,6 +59,93 @@ def start(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> su
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+# Runs each case through lit_classifiers.cli.main, the console script's function, with the
+# process's own stdout and stderr (file descriptors 1 and 2, so DataLoader workers and C code
+# are captured too) sent to that case's files; the environment, working directory and warning
+# filters are restored after each case.
+_EACH_DRIVER = r"""
+import json, os, sys, warnings
+cases = json.loads(sys.argv[1])
+from lit_classifiers.cli import main
+for case in cases:
+    environ, cwd, saved = dict(os.environ), os.getcwd(), (os.dup(1), os.dup(2))
+    os.environ.update(case["env"])
+    os.chdir(case["cwd"])
+    with open(case["out"], "wb") as out, open(case["err"], "wb") as err:
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        try:
+            with warnings.catch_warnings():
+                try:
+                    code = main(case["args"])
+                except SystemExit as exit:
+                    code = exit.code if isinstance(exit.code, int) else 1
+                except BaseException as error:
+                    import traceback
+                    traceback.print_exc()
+                    code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(environ)
+    with open(case["rc"], "w") as handle:
+        handle.write(f"{code} {int('this' in sys.modules)}")
+"""
+
+
+class Case(typing.NamedTuple):
+    """One command of :func:`run_each`: its arguments, folder and extra environment."""
+
+    args: list[str]
+    cwd: Path
+    env: dict[str, str] = {}
+
+
+def run_each(cases: list[Case], scratch: Path) -> list[subprocess.CompletedProcess[str]]:
+    """Run several ``lit-classifiers`` commands one after another in ONE new Python process.
+
+    Each subprocess of its own costs ~5 s of imports (torch, Lightning, torchvision) before the
+    command does anything; commands that end early (the mistakes) are run this way instead. Each
+    command runs through ``lit_classifiers.cli.main``, the function the console script calls, and
+    gets its own exit code, stdout and stderr, and ``imported_this``: whether the module ``this``
+    had been imported by the end of it (what hostile checkpoints try, to prove code ran).
+    """
+    scratch.mkdir(parents=True, exist_ok=True)
+    specs = []
+    for k, case in enumerate(cases):
+        files = {key: str(scratch / f"case{k}.{key}") for key in ("out", "err", "rc")}
+        specs.append(
+            {"args": list(map(str, case.args)), "cwd": str(case.cwd), "env": case.env, **files}
+        )
+    driver = subprocess.run(
+        [sys.executable, "-c", _EACH_DRIVER, json.dumps(specs)],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=600,
+    )
+    results = []
+    for case, spec in zip(cases, specs, strict=True):
+        if not Path(spec["rc"]).is_file():
+            raise AssertionError(f"the driver stopped before {case.args}:\n{driver.stderr[-3000:]}")
+        code, imported_this = Path(spec["rc"]).read_text().split()
+        result = subprocess.CompletedProcess(
+            list(map(str, case.args)),
+            int(code),
+            Path(spec["out"]).read_text(errors="replace"),
+            Path(spec["err"]).read_text(errors="replace"),
+        )
+        result.imported_this = bool(int(imported_this))  # type: ignore[attr-defined]
+        results.append(result)
+    return results
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], pattern: str) -> str:
