@@ -119,6 +119,9 @@ def build(data_dir: Path, size: int, batch: int) -> dict[str, Any]:
     transform = dm.train_transform
     assert isinstance(transform, RandomResizedCropDecode) and transform.backend == "auto"
     collate = dm.train_dataloader().collate_fn
+    # normalize_us times the layout the loader really gives
+    sample = collate([ours[0], ours[1]])[0]
+    assert sample.is_contiguous(memory_format=torch.channels_last), sample.stride()
     pil_transform = RandomResizedCropDecode(
         size, transform.scale, transform.ratio, transform.hflip, transform.mode, backend="pil"
     )
@@ -226,8 +229,11 @@ def output_check(built: dict, count: int, size: int) -> dict[str, Any]:
 
 
 def normalize_us(dm: ImageNetDataModule, batch: int, size: int, repeats: int, device: str) -> float:
-    """Median microseconds per image of the datamodule's ``normalize`` on a uint8 batch."""
-    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
+    """Median microseconds per image of the datamodule's ``normalize`` on a uint8 batch laid
+    out as its loaders give them (channels-last, ``datamodules.datasets.stack_channels_last``),
+    each result dropped before the next call, as a training step drops its batch."""
+    hwc = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, device=device)
+    images = hwc.permute(0, 3, 1, 2)
 
     def sync() -> None:
         if device != "cpu":

@@ -278,7 +278,7 @@ def profile_run(args: Any, workdir: str, datamodule: InMemoryDataModule) -> dict
     Lightning's batch handling and logging); both get the same wrappers around the shared work
     (forward, backward, zero_grad, the SGD update). Returns ms per post-warm-up step."""
     from lightning.pytorch import LightningModule
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.strategies import SingleDeviceStrategy
     from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import (
         _LoggerConnector,
@@ -298,7 +298,6 @@ def profile_run(args: Any, workdir: str, datamodule: InMemoryDataModule) -> dict
         (model.train_acc1, "update", "ClassifierModule.training_step: train_acc1.update()"),
         (module_file, "check_finite_loss", "ClassifierModule.training_step: check_finite_loss()"),
         (TQDMProgressBar, "on_train_batch_end", "progress bar refresh (on_train_batch_end)"),
-        (LearningRateMonitor, "on_train_batch_start", "LearningRateMonitor.on_train_batch_start"),
         (ModelCheckpoint, "on_train_batch_end", "ModelCheckpoint.on_train_batch_end"),
         (SingleDeviceStrategy, "batch_to_device", "Lightning: batch_to_device"),
         (_LoggerConnector, "update_train_step_metrics", "Lightning: step metrics to the logger"),

@@ -28,6 +28,7 @@ from datamodules.datasets import FileImageDataset, OnBadImage, SkipCollate
 from datamodules.eval_views import ExactCenterCrop, eval_batch_size, requested_views, with_views
 from datamodules.files import default_cache_dirs, index_images
 from datamodules.info import DatasetInfo
+from datamodules.normalization import BatchNormalizer
 from datamodules.transforms import default_resize_size
 
 __all__ = [
@@ -128,7 +129,7 @@ class ImageClassificationDataModule(LightningDataModule):
         self._info: DatasetInfo | None = None
         self.train_transform: Callable[[Any], Tensor] | None = None
         self.eval_transform: Callable[[Any], Tensor] | None = None
-        self._normalization: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+        self._normalizer: BatchNormalizer | None = None  # built from info's mean and std
 
     # ------------------------------------------------------------------ dataset facts
     @property
@@ -189,35 +190,17 @@ class ImageClassificationDataModule(LightningDataModule):
         return default_num_workers()
 
     # ------------------------------------------------------------------ normalisation
-    def _normalization_tensors(
-        self, device: torch.device, dtype: torch.dtype
-    ) -> tuple[Tensor, Tensor]:
-        key = (device, dtype)
-        if key not in self._normalization:
-            mean = torch.tensor(self.mean, dtype=dtype, device=device).view(-1, 1, 1)
-            std = torch.tensor(self.std, dtype=dtype, device=device).view(-1, 1, 1)
-            self._normalization[key] = (mean, std)
-        return self._normalization[key]
-
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 ``(..., C, H, W)`` images to normalised float32, on the images' device.
 
         Float input is taken to be in [0, 1] already and only standardised. This is what the
-        loaders' batches need before they reach a model, for use outside Lightning.
+        loaders' batches need before they reach a model, for use outside Lightning. On the CPU
+        the result may be written into the memory of an earlier result that nothing refers to
+        any more (see :class:`~datamodules.normalization.BatchNormalizer`).
         """
-        if images.ndim < 3 or images.shape[-3] != self.in_channels:
-            raise ValueError(
-                f"expected images of shape (..., {self.in_channels}, H, W), got "
-                f"{tuple(images.shape)}"
-            )
-        if images.dtype == torch.uint8:
-            x = images.float().div_(255)
-            mean, std = self._normalization_tensors(x.device, x.dtype)
-            return x.sub_(mean).div_(std)
-        if images.is_floating_point():
-            mean, std = self._normalization_tensors(images.device, images.dtype)
-            return (images - mean) / std
-        raise ValueError(f"expected uint8 or floating-point images, got dtype {images.dtype}")
+        if self._normalizer is None:
+            self._normalizer = BatchNormalizer(self.mean, self.std)
+        return self._normalizer(images)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], Tensor):
@@ -318,12 +301,6 @@ class ImageClassificationDataModule(LightningDataModule):
             index.root, index.paths, None, self.predict_transform(), self.on_bad_image
         )
         return self._eval_loader(dataset, paths=True)
-
-    # ------------------------------------------------------------------ pickling (ddp_spawn)
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_normalization"] = {}  # device tensors must not travel to other processes
-        return state
 
 
 class FileImageDataModule(ImageClassificationDataModule):

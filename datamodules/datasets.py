@@ -134,9 +134,41 @@ class SkipCollate:
     def __call__(self, batch: list[Any]) -> Any:
         kept = [sample for sample in batch if sample is not None]
         if kept:
-            collated = default_collate(kept)
+            images = [sample[0] for sample in kept]
+            if _channels_last(images):
+                collated = [stack_channels_last(images), *default_collate([s[1:] for s in kept])]
+            else:
+                collated = default_collate(kept)
             if self.paths:  # default_collate gives a tuple of str; a list is what users expect
                 collated[1] = list(collated[1])
             return collated
         images = torch.empty((0, *self.image_shape), dtype=torch.uint8)
         return [images, [] if self.paths else torch.empty(0, dtype=torch.int64)]
+
+
+def _channels_last(images: list[Any]) -> bool:
+    """Whether every image is a ``(C, H, W)`` tensor of one shape laid out as ``(H, W, C)``, as
+    the decoders give them (PIL's arrays and torch's channels-last resize)."""
+    first = images[0]
+    return (
+        isinstance(first, torch.Tensor)
+        and first.ndim == 3
+        and first.shape[0] > 1
+        and all(
+            isinstance(image, torch.Tensor)
+            and image.shape == first.shape
+            and image.dtype == first.dtype
+            and image.permute(1, 2, 0).is_contiguous()
+            for image in images
+        )
+    )
+
+
+def stack_channels_last(images: list[torch.Tensor]) -> torch.Tensor:
+    """Channels-last ``(C, H, W)`` images as one ``(N, C, H, W)`` channels-last batch.
+
+    One contiguous copy per image, where stacking them into the default layout transposes each
+    (measured 87-166 us per 224x224 RGB image on one CPU thread against 11); the step's
+    normalisation makes the batch contiguous on its own device.
+    """
+    return torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)

@@ -284,16 +284,16 @@ def decode_crop(
     _check_options(out_size, backend)
     label = _label(source, name)
     try:
+        if not isinstance(source, (bytes, bytearray, memoryview)):
+            # One read of the whole file: parsing the header from a file object and reading it
+            # again for the decoder cost ~90 us more per ImageNet JPEG (benchmarks/README.md, 2b).
+            with open(source, "rb") as f:
+                source = f.read()
         with _open(source) as f:
             image = Image.open(f)
             box = box_fn(image)
             if backend == "auto" and decoder_for(image, box, out_size, mode) == "torchvision":
-                if isinstance(source, (bytes, bytearray, memoryview)):
-                    data = source
-                else:
-                    f.seek(0)
-                    data = f.read()
-                decoded = _decode_jpeg([data], mode, torch.device("cpu"))
+                decoded = _decode_jpeg([source], mode, torch.device("cpu"))
                 if decoded is not None:
                     out = _crop_resize(decoded[0], image.size, box, out_size)
                     if out is not None:

@@ -1,0 +1,115 @@
+"""Normalising image batches in the training step: uint8 in, float32 ``(x / 255 - mean) / std`` out.
+
+The loaders hand uint8 batches (4x less data through worker IPC and host-to-device copies) and
+the step normalises them on its device. On a CPU that step pays for it, and the obvious code
+(``x.float().div_(255).sub_(mean).div_(std)``) cost ~400 us per 224x224 image in a batch of 64
+(``benchmarks/imagenet_pipeline.py``): four passes over the data and, mostly, page faults, because
+a 38 MB float32 batch is above glibc's largest mmap threshold (32 MiB), so every step maps fresh
+pages. :class:`BatchNormalizer` converts, then scales and shifts in place (three passes; a single
+mixed-dtype ``addcmul`` was slower here), and on the CPU writes into the previous step's output
+when nothing refers to it any more (no Python reference, no view, no tensor saved for backward),
+which removes the page faults. Where that cannot be proven, or the private reference counts it
+reads are missing from a torch version, it allocates a new tensor, as before.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["BatchNormalizer"]
+
+_storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+
+def _references(table: dict, key: object) -> tuple[int, int, int] | None:
+    """Python references to ``table[key]``, references to its TensorImpl (a tensor autograd
+    saved for backward adds one) and to its storage (a view adds one); ``None`` where this torch
+    does not tell."""
+    if _storage_use_count is None or not hasattr(torch.Tensor, "_use_count"):
+        return None
+    return (
+        sys.getrefcount(table[key]),
+        table[key]._use_count(),
+        _storage_use_count(table[key].untyped_storage()._cdata),
+    )
+
+
+# The counts of a tensor that only its table refers to, on this interpreter and torch.
+_ALONE = _references({0: torch.empty(1)}, 0)
+
+
+class BatchNormalizer:
+    """``(..., C, H, W)`` images to normalised float32 on their own device.
+
+    uint8 input is scaled to [0, 1] first; floating-point input is taken to be in [0, 1] already
+    and only standardised (in its own dtype).
+
+    Args:
+        mean, std: Per channel, in [0, 1] units.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        if len(mean) != len(std) or any(s <= 0 for s in std):
+            raise ValueError(f"mean and std need one value per channel, std > 0: {mean}, {std}")
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self._constants: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+        # The last CPU output of each shape (train and evaluation batches differ), reused once
+        # nothing else refers to it.
+        self._outputs: dict[tuple[int, ...], Tensor] = {}
+
+    def __getstate__(self) -> dict[str, tuple[float, ...]]:
+        return {"mean": self.mean, "std": self.std}  # no tensors to other processes
+
+    def __setstate__(self, state: dict[str, tuple[float, ...]]) -> None:
+        self.__init__(state["mean"], state["std"])  # type: ignore[misc]
+
+    def __call__(self, images: Tensor) -> Tensor:
+        channels = len(self.mean)
+        if images.ndim < 3 or images.shape[-3] != channels:
+            raise ValueError(
+                f"expected images of shape (..., {channels}, H, W), got {tuple(images.shape)}"
+            )
+        if images.dtype == torch.uint8:
+            # x / 255 / std - mean / std: the conversion (which also makes the batch contiguous,
+            # whatever the loader's layout), then two in-place passes over float32 in the cache
+            scale, shift = self._constants_for(images.device, torch.float32, uint8=True)
+            out = self._free_output(images)
+            if out is None:
+                out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+                if images.device.type == "cpu" and _ALONE is not None:
+                    if len(self._outputs) >= 2:
+                        self._outputs.clear()
+                    self._outputs[tuple(images.shape)] = out
+            return out.copy_(images).mul_(scale).add_(shift)
+        if images.is_floating_point():
+            mean, std = self._constants_for(images.device, images.dtype, uint8=False)
+            return (images - mean) / std
+        raise ValueError(f"expected uint8 or floating-point images, got dtype {images.dtype}")
+
+    def _constants_for(
+        self, device: torch.device, dtype: torch.dtype, *, uint8: bool
+    ) -> tuple[Tensor, Tensor]:
+        key = (device, dtype if not uint8 else torch.uint8)
+        if key not in self._constants:
+            mean = torch.tensor(self.mean, dtype=torch.float64).view(-1, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float64).view(-1, 1, 1)
+            first, second = ((1 / (255 * std)), -mean / std) if uint8 else (mean, std)
+            self._constants[key] = (first.to(device, dtype), second.to(device, dtype))
+        return self._constants[key]
+
+    def _free_output(self, images: Tensor) -> Tensor | None:
+        """The previous output of this shape, if nothing but this object refers to it."""
+        if images.device.type != "cpu" or _ALONE is None:
+            return None
+        key = tuple(images.shape)
+        if key not in self._outputs:
+            return None
+        if _references(self._outputs, key) != _ALONE:
+            del self._outputs[key]  # someone kept it: it is theirs now
+            return None
+        return self._outputs[key]
