@@ -1,7 +1,11 @@
 """Shared pytest settings and fixtures. Helper functions (tiny datasets in their on-disk formats,
 tiny networks, running the CLI) live in the ``helpers`` package beside this file."""
 
+import functools
+import http.server
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,3 +32,26 @@ def fitted_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cwd = tmp_path_factory.mktemp("fitted_run")
     run(SCRIPT, "fit", *TINY, cwd=cwd)
     return cwd
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A folder and the loopback URL it is served at; stopped at the end of the test."""
+    folder = tmp_path / "www"
+    folder.mkdir()
+
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,29 +60,6 @@ def fit_tiny(tmp_path: Path, name: str = "good") -> Path:
 @pytest.fixture()
 def good_checkpoint(tmp_path: Path) -> Path:
     return fit_tiny(tmp_path)
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture()
-def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A folder and the loopback URL it is served at; stopped at the end of the test."""
-    folder = tmp_path / "www"
-    folder.mkdir()
-
-    handler = functools.partial(_QuietHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield folder, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @pytest.fixture()

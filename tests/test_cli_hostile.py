@@ -4,12 +4,8 @@ ending in one line that names the problem."""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import pathlib
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,30 +49,14 @@ def edited_checkpoint(source: Path, target: Path, **hparams: object) -> Path:
     return target
 
 
-@pytest.fixture()
-def http_folder(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A loopback HTTP server over a folder: (folder, base URL)."""
-    served = tmp_path / "served"
-    served.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield served, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_checkpoint_url_never_runs_code_in_any_subcommand(
-    good_checkpoint: Path, http_folder: tuple[Path, str], tmp_path: Path
+    good_checkpoint: Path, served: tuple[Path, str], tmp_path: Path
 ) -> None:
-    served, base = http_folder
+    www, base = served
     marker = tmp_path / "pwned"
     checkpoint = torch.load(good_checkpoint, weights_only=True)
     checkpoint["hyper_parameters"]["note"] = CreatesFile(marker)
-    torch.save(checkpoint, served / "evil.ckpt")
+    torch.save(checkpoint, www / "evil.ckpt")
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.new("L", (8, 8), 100).save(photos / "a.png")
@@ -97,10 +77,10 @@ def test_checkpoint_url_never_runs_code_in_any_subcommand(
 
 
 def test_good_checkpoint_url_is_loaded(
-    good_checkpoint: Path, http_folder: tuple[Path, str], fitted_run: Path, tmp_path: Path
+    good_checkpoint: Path, served: tuple[Path, str], fitted_run: Path, tmp_path: Path
 ) -> None:
-    served, base = http_folder
-    (served / "good.ckpt").write_bytes(good_checkpoint.read_bytes())
+    www, base = served
+    (www / "good.ckpt").write_bytes(good_checkpoint.read_bytes())
     env = cli_env(TORCH_HOME=str(tmp_path / "torch_home"))
     run(SCRIPT, "validate", *TINY, "--ckpt_path", f"{base}/good.ckpt", cwd=tmp_path, env=env)
     from_url = scalars(run_dirs(tmp_path)[-1])["val/acc1"][-1]

@@ -153,30 +153,39 @@ def val_files() -> dict[str, bytes]:
     }
 
 
-def meta_mat_bytes(include_parent: bool = True, wnids: list[str] | None = None) -> bytes:
-    """A devkit ``meta.mat``: a 'synsets' struct array as in the real devkit (leaves + a parent)."""
-    fields = [
-        "ILSVRC2012_ID",
-        "WNID",
-        "words",
-        "gloss",
-        "num_children",
-        "children",
-        "wordnet_height",
-        "num_train_images",
-    ]
-    rows = []
-    for wnid in wnids if wnids is not None else WNIDS:
-        rows.append((ILSVRC_IDS[wnid], wnid, NAMES[wnid], "a gloss", 0, np.zeros((1, 0)), 0, 1300))
-    if include_parent:
-        rows.append((1001, "n00001740", "entity", "the root", 3, np.array([[1, 2, 3]]), 18, 0))
-    synsets = np.empty((len(rows), 1), dtype=[(f, object) for f in fields])
+#: The fields of each synset in the devkit's meta.mat, in the real file's order.
+SYNSET_FIELDS = [
+    "ILSVRC2012_ID",
+    "WNID",
+    "words",
+    "gloss",
+    "num_children",
+    "children",
+    "wordnet_height",
+    "num_train_images",
+]
+
+
+def synsets_mat(rows: list[tuple]) -> bytes:
+    """A devkit ``meta.mat`` holding ``rows`` (one value per :data:`SYNSET_FIELDS`) as its
+    'synsets' struct array, numbers as 1x1 doubles like the real file."""
+    synsets = np.empty((len(rows), 1), dtype=[(f, object) for f in SYNSET_FIELDS])
     for i, row in enumerate(rows):
         values = [np.array([[v]], dtype=np.float64) if isinstance(v, int) else v for v in row]
         synsets[i, 0] = tuple(values)
     buf = io.BytesIO()
     scipy.io.savemat(buf, {"synsets": synsets})
     return buf.getvalue()
+
+
+def meta_mat_bytes(include_parent: bool = True, wnids: list[str] | None = None) -> bytes:
+    """A devkit ``meta.mat``: a 'synsets' struct array as in the real devkit (leaves + a parent)."""
+    rows = []
+    for wnid in wnids if wnids is not None else WNIDS:
+        rows.append((ILSVRC_IDS[wnid], wnid, NAMES[wnid], "a gloss", 0, np.zeros((1, 0)), 0, 1300))
+    if include_parent:
+        rows.append((1001, "n00001740", "entity", "the root", 3, np.array([[1, 2, 3]]), 18, 0))
+    return synsets_mat(rows)
 
 
 def add_to_tar(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -10,13 +10,13 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 import torch
 from PIL import Image
+
+from helpers.data import synsets_mat
 
 # ---------------------------------------------------------------------------- STL-10
 STL10_SIDE = 96
@@ -93,23 +93,7 @@ REAL_SYNSETS = [
 def id_ordered_meta_mat(synsets: list[tuple[int, str, str]] = REAL_SYNSETS) -> bytes:
     """A devkit ``meta.mat`` listing ``synsets`` in the given (ILSVRC2012_ID) order, followed by
     a parent synset, with the real file's fields (a 'synsets' struct array)."""
-    fields = [
-        "ILSVRC2012_ID",
-        "WNID",
-        "words",
-        "gloss",
-        "num_children",
-        "children",
-        "wordnet_height",
-        "num_train_images",
-    ]
     rows = [(i, wnid, words, "a gloss", 0, np.zeros((1, 0)), 0, 1300) for i, wnid, words in synsets]
     children = np.array([[i for i, _, _ in synsets]], dtype=np.float64)
     rows.append((len(synsets) + 1, "n00001740", "entity", "the root", len(synsets), children, 3, 0))
-    table = np.empty((len(rows), 1), dtype=[(f, object) for f in fields])
-    for k, row in enumerate(rows):
-        values = [np.array([[v]], dtype=np.float64) if isinstance(v, int) else v for v in row]
-        table[k, 0] = tuple(values)
-    buf = io.BytesIO()
-    scipy.io.savemat(buf, {"synsets": table})
-    return buf.getvalue()
+    return synsets_mat(rows)
