@@ -42,6 +42,7 @@ from datamodules import (
     STL10DataModule,
     StreamingDataModule,
 )
+from datamodules.decoding import ImageDecodeError
 from datamodules.prepare import convert_datamodule, prepare_main, prepare_streaming
 
 THIS = Path(__file__).resolve()
@@ -129,6 +130,9 @@ def test_streamed_image_folder_equals_the_folder_datamodule(tmp_path: Path) -> N
         expected = folder.train_transform(str(image))
         torch.manual_seed(seed)
         assert torch.equal(data_module.train_transform(image.read_bytes(), "x"), expected)
+    # A damaged stored image names the sample and its chunk.
+    with pytest.raises(ImageDecodeError, match=r"^cannot decode image file a/1\.jpg \(in chunk"):
+        data_module.train_transform(image.read_bytes()[:300], "a/1.jpg (in chunk-0-0.bin)")
     # ...of the same images (shuffled), seen here through the evaluation transform.
     streamed = samples(deterministic(stream(out)).train_dataloader())
     assert len(streamed) == 21 and len(data_module.train_dataloader()) == 6
