@@ -41,12 +41,14 @@ def test_fit_writes_checkpoint_config_and_tensorboard_events(fitted_run):
     assert hparams["class_names"] == [str(d) for d in range(10)]
 
 
-def test_same_command_twice_starts_a_new_run_folder(tmp_path):
-    args = [*TINY, "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]
-    for _ in range(2):
-        run(SCRIPT, "fit", *args, cwd=tmp_path)
+def test_same_command_twice_starts_a_new_run_folder(fitted_run, tmp_path):
+    shutil.copytree(fitted_run / "runs", tmp_path / "runs")  # the first run of the command
+    (first,) = run_dirs(tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in first.rglob("*")}
+    run(SCRIPT, "fit", *TINY, cwd=tmp_path)
     assert [p.name for p in run_dirs(tmp_path)] == ["version_0", "version_1"]
     assert all((p / "config.yaml").is_file() for p in run_dirs(tmp_path))
+    assert {p: p.stat().st_mtime_ns for p in first.rglob("*")} == before  # left as it was
 
 
 def test_validate_from_checkpoint_reproduces_the_fit_metrics(fitted_run, tmp_path):

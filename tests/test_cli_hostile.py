@@ -133,9 +133,14 @@ def test_two_fits_started_at_once_get_their_own_run_folders(tmp_path: Path) -> N
 
 
 def test_ckpt_path_last_resumes_the_latest_run_in_its_own_folder(tmp_path: Path) -> None:
-    missing = run(SCRIPT, "fit", *TINY, "--ckpt_path", "last", cwd=tmp_path, check=False)
+    missing, _ = run_each(
+        [
+            Case(["fit", *TINY, "--ckpt_path", "last"], tmp_path),
+            Case(["fit", *TINY], tmp_path),
+        ],
+        tmp_path / "io",
+    )
     assert_one_line_error(missing, r"no earlier run to resume.*digits-resnet20")
-    run(SCRIPT, "fit", *TINY, cwd=tmp_path)
     (first,) = run_dirs(tmp_path)
     config = (first / "config.yaml").read_text()
     before = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)
