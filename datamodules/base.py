@@ -24,16 +24,29 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.augment import TrainAugment
-from datamodules.datasets import FileImageDataset, OnBadImage, SkipCollate
+from datamodules.datasets import (
+    EncodedCollate,
+    FileImageDataset,
+    OnBadImage,
+    SkipCollate,
+    decode_or_skip,
+)
 from datamodules.eval_views import ExactCenterCrop, eval_batch_size, requested_views, with_views
 from datamodules.files import default_cache_dirs, index_images
 from datamodules.info import DatasetInfo
 from datamodules.normalization import BatchNormalizer
-from datamodules.transforms import default_resize_size
+from datamodules.transforms import (
+    EncodedCrop,
+    RandomResizedCropDecode,
+    decode_encoded,
+    default_resize_size,
+)
 
 __all__ = [
+    "DecodeDevice",
     "FileImageDataModule",
     "ImageClassificationDataModule",
+    "check_decode_device",
     "check_image_size",
     "check_min_scale",
     "check_on_bad_image",
@@ -70,6 +83,17 @@ def check_on_bad_image(on_bad_image: str) -> str:
     if on_bad_image not in ("error", "skip"):
         raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
     return on_bad_image
+
+
+DecodeDevice = Literal["worker", "cpu", "cuda", "auto"]
+_DECODE_DEVICES = ("worker", "cpu", "cuda", "auto")
+
+
+def check_decode_device(decode_device: str) -> str:
+    if decode_device not in _DECODE_DEVICES:
+        expected = ", ".join(repr(d) for d in _DECODE_DEVICES)
+        raise ValueError(f"decode_device must be one of {expected}, got {decode_device!r}")
+    return decode_device
 
 
 class ImageClassificationDataModule(LightningDataModule):
@@ -253,7 +277,12 @@ class ImageClassificationDataModule(LightningDataModule):
         return SkipCollate((self.in_channels, self.image_size, self.image_size), paths=paths)
 
     def _loader(
-        self, dataset: Dataset, shuffle: bool, paths: bool = False, batch_size: int | None = None
+        self,
+        dataset: Dataset,
+        shuffle: bool,
+        paths: bool = False,
+        batch_size: int | None = None,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
     ) -> DataLoader:
         return DataLoader(
             dataset,
@@ -262,7 +291,7 @@ class ImageClassificationDataModule(LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.uses_pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
-            collate_fn=self._collate(paths),
+            collate_fn=self._collate(paths) if collate_fn is None else collate_fn,
             drop_last=False,
         )
 
@@ -314,6 +343,26 @@ class FileImageDataModule(ImageClassificationDataModule):
     datamodule is made; ``erase_fill`` is the colour (per channel, in [0, 1]) that random erasing
     paints: subclasses pass their normalisation mean, which normalises to 0 as in torchvision's
     references (erasing after ``Normalize`` with value 0).
+
+    ``decode_device`` says where training images are decoded (evaluation, test and predict
+    images are always decoded in the loader workers):
+
+    * ``"worker"`` (default): in the DataLoader workers, with the crop fused into decoding.
+    * ``"cuda"``: on the training GPU. The workers only read each file and draw its crop and flip
+      (:meth:`~datamodules.transforms.RandomResizedCropDecode.encode`, the same random numbers as
+      decoding there), the batch carries the encoded crops, and :meth:`on_after_batch_transfer`
+      decodes them together with nvJPEG on the device the labels arrived on, then normalises as
+      usual. For when the CPUs, not the GPU, limit training speed.
+    * ``"cpu"``: the same path, decoding in the main process on the CPU: for testing and
+      debugging it without a GPU, slower than ``"worker"``.
+    * ``"auto"``: ``"cuda"`` when training on a CUDA device with a training transform that can
+      be encoded, ``"worker"`` otherwise.
+
+    ``"cuda"`` and ``"cpu"`` are checked when :meth:`setup` prepares fitting: they need
+    ``train_augment='inception'`` without ``train_policy`` or ``random_erasing`` (the only crops
+    drawn before decoding), and ``"cuda"`` a CUDA device to train on. ``on_bad_image='skip'``
+    works on either path: a file that is not an image is skipped in the worker, a truncated one
+    when its batch is decoded (that batch is then decoded crop by crop, and comes out smaller).
     """
 
     def __init__(
@@ -334,6 +383,7 @@ class FileImageDataModule(ImageClassificationDataModule):
         train_policy: str | None = None,
         random_erasing: float = 0.0,
         erase_fill: tuple[float, ...] = (0.5, 0.5, 0.5),
+        decode_device: DecodeDevice = "worker",
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -346,6 +396,7 @@ class FileImageDataModule(ImageClassificationDataModule):
         check_image_size(image_size)
         check_min_scale(min_scale)
         check_on_bad_image(on_bad_image)
+        self.decode_device = check_decode_device(decode_device)
         self.data_dir = data_dir
         self.eval_resize = eval_resize
         self.min_scale = min_scale
@@ -381,3 +432,92 @@ class FileImageDataModule(ImageClassificationDataModule):
                 "to a callable path -> (C, H, W) uint8 tensor"
             )
         return FileImageDataset(root, paths, labels, transform, self.on_bad_image)
+
+    # ------------------------------------------------------------------ decode_device
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):  # a decode_device that cannot work fails before any batch
+            self._train_decoding()
+        super().setup(stage)
+
+    def _train_decoding(self) -> Literal["worker", "cpu", "cuda"]:
+        """Where training images are decoded, as ``decode_device`` resolves for this trainer."""
+        choice = check_decode_device(self.decode_device)
+        encodable = isinstance(self.train_transform, RandomResizedCropDecode)
+        on_cuda = torch.cuda.is_available() and (
+            self.trainer is None or self.trainer.strategy.root_device.type == "cuda"
+        )
+        if choice == "auto":
+            return "cuda" if encodable and on_cuda else "worker"
+        if choice == "worker":
+            return choice
+        if not encodable:
+            raise ValueError(
+                f"decode_device={choice!r} needs training crops drawn before decoding, which only "
+                "train_augment='inception' without train_policy or random_erasing gives (got "
+                f"train_augment={self.train_augment!r}, train_policy={self.train_policy!r}, "
+                f"random_erasing={self.random_erasing!r}); use those, or decode_device='worker'"
+            )
+        if choice == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                "decode_device='cuda' decodes training images on the GPU, but "
+                "torch.cuda.is_available() is False; use decode_device='worker' (or 'cpu' to run "
+                "the same path on the CPU)"
+            )
+        if choice == "cuda" and not on_cuda:
+            raise ValueError(
+                "decode_device='cuda' decodes on the training device, but the trainer trains on "
+                f"{self.trainer.strategy.root_device}; use decode_device='worker' or a GPU"
+            )
+        return choice
+
+    def train_dataloader(self) -> DataLoader:
+        if self._train_decoding() == "worker":
+            return super().train_dataloader()
+        encoded = self._encoding(self._dataset("train"))
+        return self._loader(encoded, shuffle=True, collate_fn=EncodedCollate())
+
+    def _encoding(self, dataset: Dataset) -> FileImageDataset:
+        """The training files again, each yielding its encoded crop instead of its image."""
+        if not isinstance(dataset, FileImageDataset):
+            raise TypeError(
+                f"decode_device={self.decode_device!r} needs the training set to be a "
+                f"FileImageDataset, but {type(self).__name__} built a {type(dataset).__name__}; "
+                "use decode_device='worker'"
+            )
+        transform = self.train_transform
+        assert isinstance(transform, RandomResizedCropDecode)  # _train_decoding checked it
+        return FileImageDataset(
+            dataset.root, dataset.paths, dataset.labels, transform.encode, self.on_bad_image
+        )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if _carries_encoded_crops(batch):
+            batch = [*self._decode(batch[0], batch[1])]
+        return super().on_after_batch_transfer(batch, dataloader_idx)
+
+    def _decode(self, crops: list[EncodedCrop], labels: Tensor) -> tuple[Tensor, Tensor]:
+        """A training batch's encoded crops as uint8 images on the labels' device."""
+        transform = self.train_transform
+        if not isinstance(transform, RandomResizedCropDecode):
+            raise TypeError(
+                "a batch of encoded crops needs train_transform to be a RandomResizedCropDecode, "
+                f"got {type(transform).__name__}; use decode_device='worker'"
+            )
+        device = torch.device("cpu") if self.decode_device == "cpu" else labels.device
+
+        def decode(some: list[EncodedCrop]) -> Tensor:
+            images = decode_encoded(some, transform.size, transform.mode, device)
+            return images.to(labels.device)
+
+        return decode_or_skip(crops, labels, decode, self.on_bad_image)
+
+
+def _carries_encoded_crops(batch: Any) -> bool:
+    """Whether ``batch`` is :class:`~datamodules.datasets.EncodedCollate`'s ``[crops, labels]``."""
+    return (
+        isinstance(batch, list)
+        and len(batch) == 2
+        and isinstance(batch[0], list)
+        and isinstance(batch[1], Tensor)
+        and all(isinstance(crop, EncodedCrop) for crop in batch[0])
+    )

@@ -17,8 +17,15 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from datamodules.decoding import ImageDecodeError
+from datamodules.transforms import EncodedCrop
 
-__all__ = ["ArrayImageDataset", "FileImageDataset", "SkipCollate"]
+__all__ = [
+    "ArrayImageDataset",
+    "EncodedCollate",
+    "FileImageDataset",
+    "SkipCollate",
+    "decode_or_skip",
+]
 
 OnBadImage = Literal["error", "skip"]
 
@@ -102,19 +109,8 @@ class FileImageDataset(Dataset):
             image = self.loader(path)
         except ImageDecodeError as err:
             if self.on_bad_image == "error":
-                # Still one line: torch's worker re-raise and the CLI both rely on it.
-                raise ImageDecodeError(
-                    f"{err}; replace or remove the file, or set on_bad_image='skip' to leave "
-                    "undecodable images out"
-                ) from err.__cause__
-            global _skipped_in_this_process
-            _skipped_in_this_process += 1
-            warnings.warn(
-                f"skipped an undecodable image ({_skipped_in_this_process} skipped so far in this "
-                f"process; on_bad_image='skip'): {err}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+                raise _with_advice(err) from err.__cause__
+            _warn_skipped(err)
             return None
         target: int | str = path if self.labels is None else int(self.labels[index])
         return image, target
@@ -172,3 +168,74 @@ def stack_channels_last(images: list[torch.Tensor]) -> torch.Tensor:
     normalisation makes the batch contiguous on its own device.
     """
     return torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+
+
+# ---------------------------------------------------------------------------- encoded crops
+# Training with ``decode_device`` other than "worker" (datamodules.base.FileImageDataModule): the
+# workers only draw crops (``RandomResizedCropDecode.encode``) and the decoding, with its bad
+# images, happens after the batch reached its device.
+
+
+class EncodedCollate:
+    """:class:`SkipCollate` for samples whose image is an :class:`EncodedCrop`.
+
+    Gives ``[crops, labels]``: the crops stay a list, to be decoded together on the training
+    device by :func:`decode_or_skip`; the labels are an int64 tensor, so that they travel to that
+    device with the batch (and say which device it is). Skipped samples (``None``) are dropped.
+    """
+
+    def __call__(self, batch: list[Any]) -> list[Any]:
+        kept = [sample for sample in batch if sample is not None]
+        labels = torch.tensor([int(sample[1]) for sample in kept], dtype=torch.int64)
+        return [[sample[0] for sample in kept], labels]
+
+
+def decode_or_skip(
+    crops: list[EncodedCrop],
+    labels: torch.Tensor,
+    decode: Callable[[list[EncodedCrop]], torch.Tensor],
+    on_bad_image: OnBadImage,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(decode(crops), labels)``, with an undecodable crop handled as :class:`FileImageDataset`
+    handles one: the same one-line error, or (``'skip'``) the same counting warning and the crop
+    and its label left out of the batch.
+
+    The whole batch is decoded at once (nvJPEG decodes a list together); only a batch that fails
+    is decoded again crop by crop, to find what to leave out.
+    """
+    try:
+        return decode(crops), labels
+    except ImageDecodeError as err:
+        if on_bad_image == "error":
+            raise _with_advice(err) from err.__cause__
+    kept: list[int] = []
+    images: list[torch.Tensor] = []
+    for i, crop in enumerate(crops):
+        try:
+            images.append(decode([crop]))
+        except ImageDecodeError as err:
+            _warn_skipped(err)
+            continue
+        kept.append(i)
+    index = torch.tensor(kept, dtype=torch.int64, device=labels.device)
+    return (torch.cat(images) if images else decode([])), labels[index]
+
+
+def _with_advice(err: ImageDecodeError) -> ImageDecodeError:
+    # Still one line: torch's worker re-raise and the CLI both rely on it.
+    return ImageDecodeError(
+        f"{err}; replace or remove the file, or set on_bad_image='skip' to leave "
+        "undecodable images out"
+    )
+
+
+def _warn_skipped(err: ImageDecodeError) -> None:
+    # One count per process, whichever path skipped the image.
+    global _skipped_in_this_process
+    _skipped_in_this_process += 1
+    warnings.warn(
+        f"skipped an undecodable image ({_skipped_in_this_process} skipped so far in this "
+        f"process; on_bad_image='skip'): {err}",
+        RuntimeWarning,
+        stacklevel=3,
+    )

@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 
-from datamodules.base import FileImageDataModule
+from datamodules.base import DecodeDevice, FileImageDataModule
 from datamodules.files import (
     IMAGE_EXTENSIONS,
     class_tree_samples,
@@ -50,6 +50,7 @@ class ImageFolderDataModule(FileImageDataModule):
         train_augment, train_policy, random_erasing: Training augmentation, as for
             :class:`ImageNetDataModule` (see :mod:`datamodules.augment`); erased regions are
             filled with ``mean``.
+        decode_device: Where training images are decoded, as for :class:`ImageNetDataModule`.
         batch_size, num_workers, pin_memory, persistent_workers, seed, predict_dir: see
             :class:`ImageClassificationDataModule`.
     """
@@ -68,6 +69,7 @@ class ImageFolderDataModule(FileImageDataModule):
         train_augment: str = "inception",
         train_policy: str | None = None,
         random_erasing: float = 0.0,
+        decode_device: DecodeDevice = "worker",
         batch_size: int = 64,
         num_workers: int | None = None,
         pin_memory: bool = True,
@@ -103,6 +105,7 @@ class ImageFolderDataModule(FileImageDataModule):
             train_augment=train_augment,
             train_policy=train_policy,
             random_erasing=random_erasing,
+            decode_device=decode_device,
             erase_fill=resolved_mean,
         )
         self.val_split = check_split_size(val_split, "val_split")  # its size is checked in setup

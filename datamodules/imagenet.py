@@ -34,7 +34,7 @@ from typing import Literal
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 
-from datamodules.base import FileImageDataModule
+from datamodules.base import DecodeDevice, FileImageDataModule
 from datamodules.files import class_tree_samples, index_images, list_class_dirs
 from datamodules.imagenet_archives import (
     ARCHIVE_MD5,
@@ -115,6 +115,9 @@ class ImageNetDataModule(FileImageDataModule):
         train_policy: ``None``, ``"randaugment"``, ``"trivialaugment"`` or ``"autoaugment"``,
             applied to the crop.
         random_erasing: Probability of RandomErasing (filled with the ImageNet mean colour).
+        decode_device: Where training images are decoded: ``"worker"`` (the DataLoader
+            workers), ``"cuda"`` (nvJPEG on the training GPU; ``train_augment="inception"``
+            only), ``"auto"`` or ``"cpu"`` (for testing); see :class:`FileImageDataModule`.
         batch_size, num_workers, pin_memory, persistent_workers, seed, predict_dir: see
             :class:`ImageClassificationDataModule`.
     """
@@ -132,6 +135,7 @@ class ImageNetDataModule(FileImageDataModule):
         train_augment: str = "inception",
         train_policy: str | None = None,
         random_erasing: float = 0.0,
+        decode_device: DecodeDevice = "worker",
         batch_size: int = 64,
         num_workers: int | None = None,
         pin_memory: bool = True,
@@ -157,6 +161,7 @@ class ImageNetDataModule(FileImageDataModule):
             train_augment=train_augment,
             train_policy=train_policy,
             random_erasing=random_erasing,
+            decode_device=decode_device,
             erase_fill=IMAGENET_MEAN,
         )
         self.val_split = check_split_size(val_split, "val_split")  # its size is checked in setup
