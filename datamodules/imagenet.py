@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from filelock import FileLock
 from lightning.pytorch.utilities import rank_zero_warn
 
 from datamodules.base import DecodeDevice, FileImageDataModule
@@ -76,6 +77,10 @@ __all__ = [
     "read_synset_mapping",
     "read_val_solution",
 ]
+
+#: In ``data_dir``, held while the archives are extracted: nodes sharing the folder (Lightning
+#: calls ``prepare_data`` once per node) extract them once, one after the other.
+PREPARE_LOCK = ".lit_classifiers_prepare.lock"
 
 # torchvision's constants (measured on the ImageNet training set); using them keeps
 # torchvision's pretrained weights valid.
@@ -282,27 +287,47 @@ class ImageNetDataModule(FileImageDataModule):
         """
         self._layout = None  # detected afresh: an earlier run may have unpacked the archives
         layout = self.layout
-        if layout.kind != "kaggle":
-            root = layout.root
-            train = not layout.train_dir.is_dir() and (root / TRAIN_ARCHIVE).is_file()
-            val = not layout.val_dir.is_dir() and (root / VAL_ARCHIVE).is_file()
-            if self.verify_archives and (train or val):
-                # All of them before extracting any and the smallest first, so a bad devkit or
-                # val archive is found in seconds, not after the hour spent on train.
-                wanted = [DEVKIT_ARCHIVE] + [VAL_ARCHIVE] * val + [TRAIN_ARCHIVE] * train
-                for name in wanted:
-                    if (root / name).is_file():
-                        verify_archive(root / name)
-            if train:
-                prepare_train_archive(root / TRAIN_ARCHIVE, layout.train_dir)
-            if val:
-                labels, source = self._val_labels()
-                prepare_val_archive(root / VAL_ARCHIVE, layout.val_dir, labels, source)
+        if layout.kind != "kaggle" and self._archives_to_extract(layout) != (False, False):
+            # Lightning prepares once per node; nodes sharing this folder take turns, and one
+            # that waited finds the folders the first made (its extraction would remove them).
+            lock = layout.root / PREPARE_LOCK
+            try:
+                with FileLock(lock):
+                    self._layout = None
+                    self._extract_archives(self.layout)
+            finally:
+                # No stray file: whoever holds the deleted lock next finds the folders made (or
+                # the archive's error again).
+                lock.unlink(missing_ok=True)
             self._layout = None  # archives are folders now
             layout = self.layout
         for folder in (layout.train_dir, layout.val_dir):
             if folder.is_dir():
                 index_images(folder, self._cache_dirs())
+
+    @staticmethod
+    def _archives_to_extract(layout: ImageNetLayout) -> tuple[bool, bool]:
+        """Whether the train and the val archive are there without their folder."""
+        train = not layout.train_dir.is_dir() and (layout.root / TRAIN_ARCHIVE).is_file()
+        val = not layout.val_dir.is_dir() and (layout.root / VAL_ARCHIVE).is_file()
+        return train, val
+
+    def _extract_archives(self, layout: ImageNetLayout) -> None:
+        """Verify, then extract, the archives whose folder is missing (holding PREPARE_LOCK)."""
+        root = layout.root
+        train, val = self._archives_to_extract(layout)
+        if self.verify_archives and (train or val):
+            # All of them before extracting any and the smallest first, so a bad devkit or
+            # val archive is found in seconds, not after the hour spent on train.
+            wanted = [DEVKIT_ARCHIVE] + [VAL_ARCHIVE] * val + [TRAIN_ARCHIVE] * train
+            for name in wanted:
+                if (root / name).is_file():
+                    verify_archive(root / name)
+        if train:
+            prepare_train_archive(root / TRAIN_ARCHIVE, layout.train_dir)
+        if val:
+            labels, source = self._val_labels()
+            prepare_val_archive(root / VAL_ARCHIVE, layout.val_dir, labels, source)
 
     # ------------------------------------------------------------------ splits
     def _val_samples(

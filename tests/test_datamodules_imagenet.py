@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +37,7 @@ from helpers.data import (
 
 from datamodules import ImageNetDataModule
 from datamodules.decoding import ImageDecodeError
-from datamodules.imagenet import read_devkit
+from datamodules.imagenet import PREPARE_LOCK, read_devkit
 
 HUMAN_NAMES = ["tench", "English springer", "chain saw"]
 
@@ -173,6 +176,45 @@ def test_original_archives_are_prepared_once(tmp_path: Path) -> None:
     mtime = (tmp_path / "train").stat().st_mtime_ns
     dm.prepare_data()  # already prepared: untouched
     assert (tmp_path / "train").stat().st_mtime_ns == mtime
+
+
+def test_nodes_sharing_the_folder_extract_the_archives_once(tmp_path: Path) -> None:
+    """Lightning prepares once per node: a node that finds another extracting waits for it, and
+    then leaves the folders that node made alone instead of extracting over them."""
+    make_archives(tmp_path / "done")
+    make_dm(tmp_path / "done").prepare_data()  # what the first node will have made
+    for waiting_for in ("a node that finishes", "a node that fails"):
+        root = make_archives(tmp_path / waiting_for.replace(" ", "-"))
+        other_node = subprocess.Popen(  # holds the lock as a node extracting would
+            [
+                sys.executable,
+                "-c",
+                "import sys, filelock; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); "
+                "print('held', flush=True); sys.stdin.read()",
+                str(root / PREPARE_LOCK),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert other_node.stdout.readline() == "held\n"
+        this_node = threading.Thread(target=make_dm(root).prepare_data)
+        this_node.start()
+        this_node.join(timeout=1.0)
+        assert this_node.is_alive()  # waiting for the lock, nothing extracted
+        assert not (root / "train").exists() and not list(root.glob(".*partial*"))
+        if waiting_for == "a node that finishes":
+            for folder in ("train", "val"):
+                shutil.copytree(tmp_path / "done" / folder, root / folder)
+            made = {p: p.stat().st_mtime_ns for p in (root / "train").rglob("*")}
+        other_node.communicate(timeout=30)  # the other node is done: the lock is released
+        this_node.join(timeout=60)
+        assert not this_node.is_alive()
+        if waiting_for == "a node that finishes":  # left alone
+            assert {p: p.stat().st_mtime_ns for p in (root / "train").rglob("*")} == made
+        else:  # this node extracts them itself
+            assert sorted(p.name for p in (root / "train").iterdir()) == WNIDS
+        assert not (root / PREPARE_LOCK).exists() and not list(root.glob(".*partial*"))
 
 
 @pytest.mark.parametrize(
