@@ -103,6 +103,32 @@ def export_checkpoint(
         What was written. Nothing is left behind on failure, and nothing already there is
         replaced until the new file has been written completely (and verified).
     """
+    _check_options(format, batch_size_example, image_size)
+    source = os.fspath(ckpt_path)
+    target = _output_path(source, output, format)
+    classes_file = target.with_name(target.name + CLASSES_SUFFIX)
+    _check_writable(source, target, classes_file, overwrite)
+    _check_packages(format, verify)
+    network = _load_network(source, image_size)
+    example = _images(batch_size_example, network.in_channels, network.image_size, seed=0)
+
+    with _temporary(target) as model_tmp, _temporary(classes_file) as classes_tmp:
+        with torch.no_grad():
+            _write_model(network, example, model_tmp, format, opset)
+        max_diff = None
+        if verify:
+            max_diff = _verify(
+                network.net, model_tmp, format, example.shape[1:], batch_size_example
+            )
+        _write_description(network, format, classes_tmp)
+        # The classes file first: a model file in place always has its classes file beside it.
+        os.replace(classes_tmp, classes_file)
+        os.replace(model_tmp, target)
+    return ExportResult(target, classes_file, format, network.input_shape, network.ema, max_diff)
+
+
+def _check_options(format: str, batch_size_example: object, image_size: object) -> None:
+    """Refuse bad options before anything is read, so a mistake costs no checkpoint load."""
     if format not in FORMATS:
         raise ExportError(f"--format {format!r} is not one of {', '.join(FORMATS)}")
     if isinstance(batch_size_example, bool) or not isinstance(batch_size_example, int):
@@ -114,12 +140,29 @@ def export_checkpoint(
         )
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)):
         raise ExportError(f"--image-size must be an int, got {image_size!r}")
-    source = os.fspath(ckpt_path)
-    target = _output_path(source, output, format)
-    classes_file = target.with_name(target.name + CLASSES_SUFFIX)
-    _check_writable(source, target, classes_file, overwrite)
-    _check_packages(format, verify)
 
+
+# ----------------------------------------------------------------------------------- the network
+@dataclass(frozen=True)
+class _Network:
+    """The eval-mode network to export, and what the checkpoint says about its input and output."""
+
+    net: nn.Module
+    ema: bool
+    name: str
+    in_channels: int
+    image_size: int
+    class_names: list[str] | None
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[str, int, int, int]:
+        """``("batch", C, H, W)``: the batch is dynamic in every format."""
+        return ("batch", self.in_channels, self.image_size, self.image_size)
+
+
+def _load_network(source: str, image_size: int | None) -> _Network:
+    """The checkpoint's network as :class:`~lit_classifiers.ClassifierModule` evaluates it."""
     if image_size is None:
         image_size = _stored_image_size(source)
     # compile=False: a compiled backbone would be exported through its compiled wrapper.
@@ -131,51 +174,50 @@ def export_checkpoint(
     name = str(module.hparams.get("backbone", type(net).__name__))
     if image_size is None:
         image_size = get_backbone_info(name).default_input_size
+    _check_image_size(net, name, image_size)
+    class_names = module.hparams.get("class_names")
+    return _Network(
+        net=net,
+        ema=ema,
+        name=name,
+        in_channels=int(getattr(net, "in_channels", module.hparams.get("in_channels", 3))),
+        image_size=image_size,
+        class_names=None if class_names is None else [str(c) for c in class_names],
+        num_classes=int(module.hparams.get("num_classes")),
+    )
+
+
+def _check_image_size(net: nn.Module, name: str, image_size: int) -> None:
+    """Refuse a size the backbone cannot take, rather than failing inside the exporter."""
     minimum = getattr(net, "min_input_size", 1)
     if image_size < minimum:
         raise ExportError(
             f"--image-size {image_size} is below {name}'s minimum input size {minimum}"
         )
-    in_channels = int(getattr(net, "in_channels", module.hparams.get("in_channels", 3)))
-    class_names = module.hparams.get("class_names")
-    class_names = None if class_names is None else [str(c) for c in class_names]
-    num_classes = int(module.hparams.get("num_classes"))
-    example = _images(batch_size_example, in_channels, image_size, seed=0)
-    description = {
-        "class_names": class_names,
-        "num_classes": num_classes,
-        "backbone": name,
-        "weights": "ema" if ema else "raw",
+
+
+def _description(network: _Network, format: str) -> dict[str, Any]:
+    """The classes file's content: what a user of the file needs to feed it and read it."""
+    return {
+        "class_names": network.class_names,
+        "num_classes": network.num_classes,
+        "backbone": network.name,
+        "weights": "ema" if network.ema else "raw",
         "format": format,
         "input": {
             "name": "images",
-            "shape": ["batch", in_channels, image_size, image_size],  # batch: any size
+            "shape": list(network.input_shape),  # batch: any size
             "dtype": "float32",
             "normalisation": "as in training: (x / 255 - mean) / std per channel, with the "
             "datamodule's mean and std; not included in the exported file",
         },
-        "output": {"name": "logits", "shape": ["batch", num_classes]},
+        "output": {"name": "logits", "shape": ["batch", network.num_classes]},
     }
-    names_json = json.dumps(class_names)
 
-    with _temporary(target) as model_tmp, _temporary(classes_file) as classes_tmp:
-        writers: dict[str, Callable[[], None]] = {
-            "onnx": lambda: _write_onnx(net, example, model_tmp, opset, names_json),
-            "torchscript": lambda: _write_torchscript(net, model_tmp, names_json),
-            "exported_program": lambda: _write_exported_program(
-                net, example, model_tmp, names_json
-            ),
-        }
-        with torch.no_grad():
-            writers[format]()
-        max_diff = None
-        if verify:
-            max_diff = _verify(net, model_tmp, format, example.shape[1:], batch_size_example)
-        classes_tmp.write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
-        os.replace(classes_tmp, classes_file)
-        os.replace(model_tmp, target)
-    input_shape = ("batch", in_channels, image_size, image_size)
-    return ExportResult(target, classes_file, format, input_shape, ema, max_diff)
+
+def _write_description(network: _Network, format: str, path: Path) -> None:
+    """Beside the model, so the class names can be read without loading the model."""
+    path.write_text(json.dumps(_description(network, format), indent=2) + "\n", encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------- the paths
@@ -247,6 +289,19 @@ def _temporary(final: Path) -> Iterator[Path]:
 # ----------------------------------------------------------------------------------- the writers
 def _batch_dim() -> Any:
     return torch.export.Dim("batch", min=1)
+
+
+def _write_model(
+    network: _Network, example: Tensor, path: Path, format: str, opset: int | None
+) -> None:
+    """Write ``network`` to ``path`` in ``format``, with the class names stored inside."""
+    names = json.dumps(network.class_names)
+    if format == "onnx":
+        _write_onnx(network.net, example, path, opset, names)
+    elif format == "torchscript":
+        _write_torchscript(network.net, path, names)
+    else:
+        _write_exported_program(network.net, example, path, names)
 
 
 def _write_onnx(net: nn.Module, example: Tensor, path: Path, opset: int | None, names: str) -> None:
