@@ -377,25 +377,16 @@ def _metadata(
     }
 
 
-def convert_datamodule(
-    datamodule: ImageClassificationDataModule,
-    output_dir: str | Path,
-    *,
-    num_workers: int | None = None,
-    chunk_bytes: int | str = DEFAULT_CHUNK_BYTES,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> Path:
-    """Write every split of ``datamodule`` into ``output_dir`` as litdata chunks.
-
-    ``prepare_data`` and ``setup`` of the datamodule run first. Returns the output folder, which
-    :class:`~datamodules.streaming.StreamingDataModule` reads as ``input_dir``. See the module
-    docstring for resuming; ``overwrite`` converts again what an earlier run finished.
-    """
+def _require_litdata() -> None:
+    """Fail with the install hint before the source datamodule unpacks or lists anything."""
     try:
         import litdata  # noqa: F401
     except ImportError as err:
         raise ModuleNotFoundError(LITDATA_HINT) from err
+
+
+def _local_output(output_dir: str | Path) -> Path:
+    """The output folder, refused early when it cannot be one: hours of conversion come next."""
     output = Path(output_dir)
     if "://" in str(output_dir):
         raise ValueError(
@@ -404,23 +395,38 @@ def convert_datamodule(
         )
     if output.exists() and not output.is_dir():
         raise NotADirectoryError(f"output {output} exists and is not a folder")
+    return output
+
+
+def _worker_count(num_workers: int | None) -> int:
     workers = default_num_workers() if num_workers is None else num_workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {num_workers!r}")
-    size = parse_size(chunk_bytes)
-    data_dir = getattr(datamodule, "data_dir", None)
-    if data_dir is not None:
-        source, target = Path(data_dir).resolve(), output.resolve()
-        if target == source or source in target.parents or target in source.parents:
-            raise ValueError(
-                f"output {output} and the data {data_dir} must be separate folders (neither "
-                "inside the other)"
-            )
+    return workers
 
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    info = datamodule.info  # class names now, before hours of conversion
-    chosen: list[tuple[str, Any, Any]] = []  # (split, dataset, samples)
+
+def _check_separate(datamodule: ImageClassificationDataModule, output: Path) -> None:
+    """Refuse nested folders: replacing a split would delete source data, or vice versa."""
+    data_dir = getattr(datamodule, "data_dir", None)
+    if data_dir is None:
+        return
+    source, target = Path(data_dir).resolve(), output.resolve()
+    if target == source or source in target.parents or target in source.parents:
+        raise ValueError(
+            f"output {output} and the data {data_dir} must be separate folders (neither "
+            "inside the other)"
+        )
+
+
+def _list_splits(
+    datamodule: ImageClassificationDataModule,
+) -> tuple[list[tuple[str, Any]], dict[str, dict[str, Any]]]:
+    """The splits to write, as ``(split, samples)``, and every split's entry in dataset.json.
+
+    A dataset shared by two splits (val doubling as test) is written once, into the folder of
+    the first split that has it, and the other split's entry points at that folder.
+    """
+    chosen: list[tuple[str, Any]] = []
     folders: dict[int, str] = {}
     splits: dict[str, dict[str, Any]] = {}
     for split in SPLITS:
@@ -429,21 +435,34 @@ def convert_datamodule(
             continue
         if id(dataset) not in folders:
             folders[id(dataset)] = split
-            chosen.append((split, dataset, _samples(datamodule, split, dataset)))
+            chosen.append((split, _samples(datamodule, split, dataset)))
         splits[split] = {"folder": folders[id(dataset)], "count": len(dataset)}
     if "train" not in splits:
         raise ValueError(f"{type(datamodule).__name__} has no train split to convert")
-    encodings = {samples.encoding for _, _, samples in chosen}
+    return chosen, splits
+
+
+def _encoding(
+    datamodule: ImageClassificationDataModule, info: Any, chosen: list[tuple[str, Any]]
+) -> tuple[str, list[int] | None]:
+    """The one encoding of every split, and the shape of raw images (readers need it)."""
+    encodings = {samples.encoding for _, samples in chosen}
     if len(encodings) != 1:
         raise ValueError(f"{type(datamodule).__name__} mixes image files and arrays")
     encoding = encodings.pop()
     raw_shape = None
     if encoding == "raw":
-        raw_shape = list(chosen[0][2].pixels(0).shape)
+        raw_shape = list(chosen[0][1].pixels(0).shape)
         if raw_shape[0] != info.in_channels:
             raise ValueError(f"images of shape {raw_shape} but in_channels={info.in_channels}")
+    return encoding, raw_shape
 
-    fingerprints = {split: _fingerprint(datamodule, split, samples) for split, _, samples in chosen}
+
+def _check_existing_splits(
+    output: Path, fingerprints: dict[str, dict[str, Any]], overwrite: bool
+) -> None:
+    """Before anything is deleted: every split folder already there must be prepare's own,
+    and one made from other data is replaced only with ``overwrite``."""
     for split in SPLITS:
         folder = output / split
         if not folder.exists():
@@ -459,16 +478,56 @@ def convert_datamodule(
                 f"{marker.get('datamodule')}, {marker.get('count')} images); pass --overwrite "
                 "to replace it, or choose another output folder"
             )
+
+
+def _clear_replaced(output: Path, fingerprints: dict[str, dict[str, Any]], overwrite: bool) -> Path:
+    """Create ``output`` and remove what is being replaced; returns the dataset.json path.
+
+    dataset.json goes first, so that until it is written again (last, once every split is
+    complete) the folder does not pass for a finished conversion.
+    """
     output.mkdir(parents=True, exist_ok=True)
     metadata_file = output / METADATA_FILE
-    metadata_file.unlink(missing_ok=True)  # written last, once every split is complete
+    metadata_file.unlink(missing_ok=True)
     for split in SPLITS:
         folder = output / split
         if folder.exists() and (
             overwrite or _read_json(folder / SPLIT_MARKER) != fingerprints.get(split)
         ):
-            shutil.rmtree(folder)  # prepare's own (checked above), being replaced
-    for split, _, samples in chosen:
+            shutil.rmtree(folder)  # prepare's own (_check_existing_splits), being replaced
+    return metadata_file
+
+
+def convert_datamodule(
+    datamodule: ImageClassificationDataModule,
+    output_dir: str | Path,
+    *,
+    num_workers: int | None = None,
+    chunk_bytes: int | str = DEFAULT_CHUNK_BYTES,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Write every split of ``datamodule`` into ``output_dir`` as litdata chunks.
+
+    ``prepare_data`` and ``setup`` of the datamodule run first. Returns the output folder, which
+    :class:`~datamodules.streaming.StreamingDataModule` reads as ``input_dir``. See the module
+    docstring for resuming; ``overwrite`` converts again what an earlier run finished.
+    """
+    _require_litdata()
+    output = _local_output(output_dir)
+    workers = _worker_count(num_workers)
+    size = parse_size(chunk_bytes)
+    _check_separate(datamodule, output)
+
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    info = datamodule.info  # class names now, before hours of conversion
+    chosen, splits = _list_splits(datamodule)
+    encoding, raw_shape = _encoding(datamodule, info, chosen)
+    fingerprints = {split: _fingerprint(datamodule, split, samples) for split, samples in chosen}
+    _check_existing_splits(output, fingerprints, overwrite)
+    metadata_file = _clear_replaced(output, fingerprints, overwrite)
+    for split, samples in chosen:
         _write_split(samples, output / split, fingerprints[split], workers, size, progress)
     _write_json(metadata_file, _metadata(datamodule, encoding, raw_shape, splits))
     return output
@@ -529,15 +588,8 @@ def _split_size(text: str) -> int | float:
             raise argparse.ArgumentTypeError(f"not a count or a fraction: {text!r}") from None
 
 
-def prepare_main(args: Sequence[str]) -> int:
-    """``lit-classifiers prepare SOURCE DATA_DIR OUTPUT_DIR [options]``."""
-    parser = argparse.ArgumentParser(
-        prog="lit-classifiers prepare",
-        description=(
-            "Convert a dataset into litdata chunks for --data StreamingDataModule "
-            "--data.input_dir OUTPUT_DIR. Safe to interrupt: run it again to resume."
-        ),
-    )
+def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """What is converted: the dataset and the options of the datamodule that reads it."""
     parser.add_argument("source", choices=SOURCES, help="how DATA_DIR is read")
     parser.add_argument("data_dir", help="the dataset, as its datamodule's data_dir")
     parser.add_argument("output_dir", help="a new local folder for the chunks")
@@ -554,6 +606,10 @@ def prepare_main(args: Sequence[str]) -> int:
         action="store_true",
         help="ImageNet archives: skip the md5 check before unpacking them",
     )
+
+
+def _add_writing_arguments(parser: argparse.ArgumentParser) -> None:
+    """How it is written: processes, chunk size, replacing, progress."""
     parser.add_argument(
         "--workers",
         type=int,
@@ -569,12 +625,24 @@ def prepare_main(args: Sequence[str]) -> int:
         "--overwrite", action="store_true", help="convert again what an earlier run finished"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    options = parser.parse_args(args)
-    try:
-        import litdata  # noqa: F401
-    except ImportError:
-        print(f"lit-classifiers prepare: error: {LITDATA_HINT}", file=sys.stderr)
-        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lit-classifiers prepare",
+        description=(
+            "Convert a dataset into litdata chunks for --data StreamingDataModule "
+            "--data.input_dir OUTPUT_DIR. Safe to interrupt: run it again to resume."
+        ),
+    )
+    _add_source_arguments(parser)
+    _add_writing_arguments(parser)
+    return parser
+
+
+def _source_options(parser: argparse.ArgumentParser, options: argparse.Namespace) -> dict[str, Any]:
+    """The source datamodule's keyword arguments; an option another source has no use for is a
+    usage error rather than silently ignored."""
     source_options: dict[str, Any] = {"seed": options.seed}
     if options.val_split is not None:
         source_options["val_split"] = options.val_split
@@ -586,11 +654,23 @@ def prepare_main(args: Sequence[str]) -> int:
         if options.source != "imagenet":
             parser.error("--no-verify-archives is for imagenet")
         source_options["verify_archives"] = False
+    return source_options
+
+
+def prepare_main(args: Sequence[str]) -> int:
+    """``lit-classifiers prepare SOURCE DATA_DIR OUTPUT_DIR [options]``."""
+    parser = _parser()
+    options = parser.parse_args(args)
+    try:
+        import litdata  # noqa: F401
+    except ImportError:
+        print(f"lit-classifiers prepare: error: {LITDATA_HINT}", file=sys.stderr)
+        return 2
     output = prepare_streaming(
         options.source,
         options.data_dir,
         options.output_dir,
-        options=source_options,
+        options=_source_options(parser, options),
         num_workers=options.workers,
         chunk_bytes=options.chunk_bytes,
         overwrite=options.overwrite,
