@@ -351,12 +351,25 @@ _LITDATA_CLASSES = ("StreamingImageDataset", "StreamingImageLoader")
 
 
 def _define_litdata_classes() -> None:
+    """Create the litdata subclasses and publish them under their names (see above)."""
     try:
         from litdata import StreamingDataLoader, StreamingDataset
     except ImportError as err:
         raise ModuleNotFoundError(LITDATA_HINT) from err
+    _register_litdata_class(_make_dataset_class(StreamingDataset))
+    _register_litdata_class(_make_loader_class(StreamingDataLoader))
 
-    class StreamingImageDataset(StreamingDataset):
+
+def _register_litdata_class(cls: type) -> None:
+    """Make ``cls`` a module global named as pickle looks it up (``streaming.<name>``)."""
+    cls.__qualname__ = cls.__name__
+    globals()[cls.__name__] = cls
+
+
+def _make_dataset_class(base: type) -> type:
+    """``StreamingImageDataset``, subclassing litdata's ``StreamingDataset`` (``base``)."""
+
+    class StreamingImageDataset(base):  # type: ignore[misc,valid-type]
         """A split written by ``prepare``, yielding ``(image, label)`` with ``image`` decoded.
 
         ``evaluation=True`` spreads the samples over ranks and workers one by one rather than a
@@ -381,26 +394,20 @@ def _define_litdata_classes() -> None:
             storage_options: dict[str, Any] | None = None,
         ) -> None:
             self.evaluation = evaluation  # set_batch_size (called by super) reads it
-            super().__init__(
-                input_dir,
-                cache_dir=cache_dir,
-                shuffle=shuffle,
-                seed=seed,
-                max_cache_size=max_cache_size,
-                storage_options=storage_options,
-            )
-            self.decode = decode
-            self.on_bad_image = on_bad_image
-            self.location = input_dir
-            self._options = {
-                "evaluation": evaluation,
-                "on_bad_image": on_bad_image,
+            litdata_options = {
+                "cache_dir": cache_dir,
                 "shuffle": shuffle,
                 "seed": seed,
-                "cache_dir": cache_dir,
                 "max_cache_size": max_cache_size,
                 "storage_options": storage_options,
             }
+            super().__init__(input_dir, **litdata_options)
+            self.decode = decode
+            self.on_bad_image = on_bad_image
+            self.location = input_dir
+            # everything but input_dir and decode, for with_decode to build the same split
+            self._options = {"evaluation": evaluation, "on_bad_image": on_bad_image}
+            self._options.update(litdata_options)
 
         def with_decode(self, decode: Callable[[bytes, str], Any]) -> StreamingImageDataset:
             """The same split decoded by ``decode`` instead (e.g. into ten-crop views)."""
@@ -410,48 +417,75 @@ def _define_litdata_classes() -> None:
             # litdata hands out whole batches per worker; for evaluation single samples.
             super().set_batch_size(1 if self.evaluation else batch_size)
 
-        def _chunk_name(self, index: Any) -> str:
-            try:
-                chunks = self.cache._reader.config._chunks  # type: ignore[union-attr]
-                name = chunks[index.chunk_index]["filename"]
-            except Exception:  # the index or config itself is unreadable
-                return f"a chunk of {self.location}"
-            return _join(self.location, name)
-
         def __getitem__(self, index: Any) -> tuple[Tensor, int] | None:
-            try:
-                sample = super().__getitem__(index)
-                image, label, key = sample["image"], int(sample["label"]), bytes(sample["key"])
-                stored = int(sample["crc32"])
-            except Exception as err:
-                reason = " ".join(str(err).split()) or type(err).__name__
-                raise ValueError(
-                    f"cannot read a sample of chunk file {self._chunk_name(index)}: {reason}; "
-                    "the chunk is damaged: copy it again or convert the data again"
-                ) from err
-            if sample_checksum(image, label, key) != stored:
-                raise ValueError(
-                    f"chunk file {self._chunk_name(index)} is damaged: its sample of "
-                    f"{display_name(key)} fails its CRC-32 check; copy the file again or "
-                    "convert the data again"
-                )
-            try:
-                return self.decode(
-                    image, f"{display_name(key)} (in {self._chunk_name(index)})"
-                ), label
-            except ImageDecodeError as err:
-                if self.on_bad_image == "error":
-                    raise ImageDecodeError(
-                        f"{err}; set on_bad_image='skip' to leave undecodable images out"
-                    ) from err.__cause__
-                warnings.warn(
-                    f"skipped an undecodable image (on_bad_image='skip'): {err}",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                return None
+            image, label, key = _checked_sample(self, index, super().__getitem__)
+            return _decoded_sample(self, index, image, label, key)
 
-    class StreamingImageLoader(StreamingDataLoader):
+    return StreamingImageDataset
+
+
+def _chunk_name(dataset: Any, index: Any) -> str:
+    """The chunk file holding the sample at ``index``, for error messages."""
+    try:
+        chunks = dataset.cache._reader.config._chunks
+        name = chunks[index.chunk_index]["filename"]
+    except Exception:  # the index or config itself is unreadable
+        return f"a chunk of {dataset.location}"
+    return _join(dataset.location, name)
+
+
+def _checked_sample(
+    dataset: Any, index: Any, read: Callable[[Any], dict[str, Any]]
+) -> tuple[bytes, int, bytes]:
+    """``(image, label, key)`` of the sample ``read`` (litdata's ``__getitem__``) returns.
+
+    Whatever litdata raises on a damaged chunk, and a sample failing its CRC-32, becomes a
+    ``ValueError`` naming the chunk file and how to repair it.
+    """
+    try:
+        sample = read(index)
+        image, label, key = sample["image"], int(sample["label"]), bytes(sample["key"])
+        stored = int(sample["crc32"])
+    except Exception as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(
+            f"cannot read a sample of chunk file {_chunk_name(dataset, index)}: {reason}; "
+            "the chunk is damaged: copy it again or convert the data again"
+        ) from err
+    if sample_checksum(image, label, key) != stored:
+        raise ValueError(
+            f"chunk file {_chunk_name(dataset, index)} is damaged: its sample of "
+            f"{display_name(key)} fails its CRC-32 check; copy the file again or "
+            "convert the data again"
+        )
+    return image, label, key
+
+
+def _decoded_sample(
+    dataset: Any, index: Any, image: bytes, label: int, key: bytes
+) -> tuple[Tensor, int] | None:
+    """``(decoded image, label)``; ``None`` for an undecodable image if ``on_bad_image='skip'``."""
+    try:
+        return dataset.decode(
+            image, f"{display_name(key)} (in {_chunk_name(dataset, index)})"
+        ), label
+    except ImageDecodeError as err:
+        if dataset.on_bad_image == "error":
+            raise ImageDecodeError(
+                f"{err}; set on_bad_image='skip' to leave undecodable images out"
+            ) from err.__cause__
+        warnings.warn(
+            f"skipped an undecodable image (on_bad_image='skip'): {err}",
+            RuntimeWarning,
+            stacklevel=3,  # blame whoever called the dataset's __getitem__
+        )
+        return None
+
+
+def _make_loader_class(base: type) -> type:
+    """``StreamingImageLoader``, subclassing litdata's ``StreamingDataLoader`` (``base``)."""
+
+    class StreamingImageLoader(base):  # type: ignore[misc,valid-type]
         """litdata's loader with an exact length and a fix for the epoch after a resume.
 
         * ``len()`` counts this rank's batches worker by worker, since each worker's last batch
@@ -466,18 +500,7 @@ def _define_litdata_classes() -> None:
         _resume_pending = False
 
         def __len__(self) -> int:
-            dataset = self.dataset
-            workers = max(self.num_workers, 1)
-            dataset.get_len(self.num_workers, self.batch_size)  # builds its shuffler
-            _, intervals = dataset.shuffler.get_chunks_and_intervals_per_workers(
-                dataset.distributed_env, workers, dataset.batch_size, dataset.current_epoch
-            )
-            start = dataset.distributed_env.global_rank * workers
-            per_worker = [
-                sum(end - begin for _, begin, end, _ in worker)
-                for worker in intervals[start : start + workers]
-            ]
-            return sum(math.ceil(n / self.batch_size) for n in per_worker)
+            return _batches_on_this_rank(self)
 
         def load_state_dict(self, obj: dict[str, Any]) -> None:
             super().load_state_dict(obj)
@@ -489,9 +512,23 @@ def _define_litdata_classes() -> None:
             self._resume_pending = False
             yield from super().__iter__()
 
-    for cls in (StreamingImageDataset, StreamingImageLoader):
-        cls.__qualname__ = cls.__name__
-        globals()[cls.__name__] = cls
+    return StreamingImageLoader
+
+
+def _batches_on_this_rank(loader: Any) -> int:
+    """The batches ``loader`` yields on this rank, summed over its workers' partial batches."""
+    dataset = loader.dataset
+    workers = max(loader.num_workers, 1)
+    dataset.get_len(loader.num_workers, loader.batch_size)  # builds its shuffler
+    _, intervals = dataset.shuffler.get_chunks_and_intervals_per_workers(
+        dataset.distributed_env, workers, dataset.batch_size, dataset.current_epoch
+    )
+    start = dataset.distributed_env.global_rank * workers
+    per_worker = [
+        sum(end - begin for _, begin, end, _ in worker)
+        for worker in intervals[start : start + workers]
+    ]
+    return sum(math.ceil(n / loader.batch_size) for n in per_worker)
 
 
 def __getattr__(name: str) -> Any:
