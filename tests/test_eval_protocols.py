@@ -8,9 +8,7 @@ are and cut into portrait, small, large and grayscale JPEGs.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 import sklearn.datasets
 import torch
 from helpers.cli import SCRIPT, TINY, run, run_dirs, scalars
-from helpers.modules import TinyNet, make_trainer
+from helpers.modules import TinyNet, make_trainer, run_two_ranks
 from PIL import Image
 from torchvision.models import ResNet50_Weights
 from torchvision.transforms import Resize, TenCrop
@@ -305,17 +303,7 @@ def test_two_processes_match_one_process(tmp_path: Path) -> None:
         model.load_state_dict(torch.load(state_path, weights_only=True))
         single[protocol] = trainer.test(model, datamodule=tiny_datamodule(data), verbose=False)[0]
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    env.pop("LOCAL_RANK", None)
-    process = subprocess.run(
-        [sys.executable, __file__, "ddp-test", str(data), str(state_path), str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-5000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = run_two_ranks(Path(__file__), "ddp-test", data, state_path, tmp_path, out_dir=tmp_path)
 
     for protocol in PROTOCOLS:
         if protocol != "center":  # the protocol took effect: its loss is not the centre crop's

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers.modules import CLASS_NAMES, NUM_CLASSES, TinyNet, make_loader, make_trainer
+from helpers.modules import (
+    CLASS_NAMES,
+    NUM_CLASSES,
+    TinyNet,
+    make_loader,
+    make_trainer,
+    run_two_ranks,
+)
 
 from lit_classifiers.module import ClassifierModule
 
@@ -29,17 +32,7 @@ def test_two_processes_match_one_process(tmp_path: Path) -> None:
     single_val = trainer.validate(model, make_loader(37, batch_size=4), verbose=False)[0]
     single_test = trainer.test(model, make_loader(37, batch_size=4), verbose=False)[0]
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    env.pop("LOCAL_RANK", None)
-    process = subprocess.run(
-        [sys.executable, str(FIXTURES), "ddp-eval", str(state_path), str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-5000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = run_two_ranks(FIXTURES, "ddp-eval", state_path, tmp_path, out_dir=tmp_path, timeout=240)
 
     # Lightning did inject its padding sampler: 38 samples were evaluated for 37 images.
     assert ranks[0]["samplers"] == ["DistributedSampler"]

@@ -269,7 +269,7 @@ class Recording(StreamingDataModule):
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
 def test_two_processes_evaluate_every_image_once(tmp_path: Path) -> None:
-    from helpers.modules import TinyNet, make_trainer
+    from helpers.modules import TinyNet, make_trainer, run_two_ranks
 
     from lit_classifiers.module import ClassifierModule
 
@@ -288,24 +288,7 @@ def test_two_processes_evaluate_every_image_once(tmp_path: Path) -> None:
     single_val = trainer.validate(model, datamodule=single, verbose=False)[0]
     single_test = trainer.test(model, datamodule=single, verbose=False)[0]
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    env.pop("LOCAL_RANK", None)
-    process = subprocess.run(
-        [
-            sys.executable,
-            str(THIS),
-            "ddp-eval",
-            str(out),
-            str(tmp_path / "state.pt"),
-            str(tmp_path),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-5000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = run_two_ranks(THIS, "ddp-eval", out, tmp_path / "state.pt", tmp_path, out_dir=tmp_path)
 
     for stage, count in (("validate", 21), ("test", 7)):
         per_rank = [[tuple(s) for s in rank["seen"][stage]] for rank in ranks]

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -153,13 +158,26 @@ def sgd(params: Any) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-4)
 
 
+def run_two_ranks(script: Path, *args: str | Path, out_dir: Path, timeout: int = 300) -> list[Any]:
+    """Run ``script`` (whose Trainer launches two gloo DDP ranks on the CPU) in a new process and
+    return what each rank wrote to ``out_dir/rank{0,1}.json``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("LOCAL_RANK", None)  # a test run under a launcher must not make this rank 1
+    process = subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-5000:]
+    return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
 # ------------------------------------------------------------------------------------------------
 # The two-process evaluation run of test_module_ddp.py. Lightning's DDP launcher starts rank 1 by
 # running this file again with the same arguments, which pytest could not do for a test function.
 def _ddp_eval_main(state_path: str, out_dir: str) -> None:
-    import json
-    from pathlib import Path
-
     from lightning.pytorch.callbacks import Callback
 
     from lit_classifiers.module import ClassifierModule
