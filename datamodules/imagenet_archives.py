@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from datamodules.archives import extract_tar, safe_folder_name, verify_md5
@@ -66,6 +68,23 @@ def _fresh_partial(target: Path) -> Path:
     return partial
 
 
+@contextmanager
+def _extracting_into(target: Path) -> Iterator[Path]:
+    """A fresh hidden sibling of ``target`` to extract into, renamed to ``target`` when the block
+    completes and removed whatever happens, so ``target`` only ever appears whole."""
+    partial = _fresh_partial(target)
+    try:
+        yield partial
+        os.replace(partial, target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _check_written(written: int, label: str, expected: str) -> None:
+    if written == 0:
+        raise ValueError(f"cannot extract {label}: it holds no files; expected {expected}")
+
+
 def prepare_train_archive(archive: Path, target: Path) -> None:
     """Unpack the train tar (one ``<wnid>.tar`` per class) into ``target/<wnid>/``.
 
@@ -73,7 +92,6 @@ def prepare_train_archive(archive: Path, target: Path) -> None:
     hidden sibling that is renamed into place only when complete.
     """
     label = _describe(archive)
-    partial = _fresh_partial(target)
 
     def unpack_class(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bool:
         name = PurePosixPath(member.name)
@@ -91,7 +109,7 @@ def prepare_train_archive(archive: Path, target: Path) -> None:
             extract_tar(inner, partial / folder, archive_name=f"{label}, inner tar {member.name!r}")
         return True
 
-    try:
+    with _extracting_into(target) as partial:
         written = extract_tar(
             archive,
             partial,
@@ -99,19 +117,12 @@ def prepare_train_archive(archive: Path, target: Path) -> None:
             desc=f"Extracting {archive.name}",
             archive_name=label,
         )
-        if written == 0:
-            raise ValueError(
-                f"cannot extract {label}: it holds no files; expected one <wnid>.tar per class"
-            )
-        os.replace(partial, target)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        _check_written(written, label, "one <wnid>.tar per class")
 
 
 def prepare_val_archive(archive: Path, target: Path, labels: dict[int, str], source: str) -> None:
     """Unpack the flat val tar straight into ``target/<wnid>/`` using ``labels``."""
     label = _describe(archive)
-    partial = _fresh_partial(target)
 
     def into_class_folder(name: str) -> str:
         base = PurePosixPath(name.replace("\\", "/")).name
@@ -128,7 +139,7 @@ def prepare_val_archive(archive: Path, target: Path, labels: dict[int, str], sou
         wnid = safe_folder_name(labels[number], label, f"{source}'s label for member {name!r}")
         return f"{wnid}/{base}"
 
-    try:
+    with _extracting_into(target) as partial:
         written = extract_tar(
             archive,
             partial,
@@ -136,11 +147,4 @@ def prepare_val_archive(archive: Path, target: Path, labels: dict[int, str], sou
             desc=f"Extracting {archive.name}",
             archive_name=label,
         )
-        if written == 0:
-            raise ValueError(
-                f"cannot extract {label}: it holds no files; expected the flat "
-                "ILSVRC2012_val_<number>.JPEG images"
-            )
-        os.replace(partial, target)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        _check_written(written, label, "the flat ILSVRC2012_val_<number>.JPEG images")

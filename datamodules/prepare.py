@@ -77,6 +77,11 @@ def parse_size(value: int | str) -> int:
 
 
 # ---------------------------------------------------------------------------- samples
+def _stored_sample(image: bytes, label: int, key: bytes) -> dict[str, Any]:
+    """One sample as ``optimize`` writes it: the image bytes, label, key and their CRC-32."""
+    return {"image": image, "label": label, "key": key, "crc32": sample_checksum(image, label, key)}
+
+
 class FileSamples:
     """Sample ``i`` of a :class:`FileImageDataset`: the file's bytes, its label and path."""
 
@@ -107,14 +112,8 @@ class FileSamples:
                 f"cannot convert image file {display_name(path)}: not an image PIL can read "
                 f"({' '.join(str(err).split()) or type(err).__name__})"
             ) from None
-        key = bytes(self.dataset.paths[index])
         label = int(self.dataset.labels[index])  # type: ignore[index]
-        return {
-            "image": data,
-            "label": label,
-            "key": key,
-            "crc32": sample_checksum(data, label, key),
-        }
+        return _stored_sample(data, label, bytes(self.dataset.paths[index]))
 
 
 class ArraySamples:
@@ -149,14 +148,8 @@ class ArraySamples:
     def __call__(self, index: int) -> dict[str, Any]:
         source = int(self.dataset.indices[index])
         data = self.pixels(index).tobytes()
-        key = f"{self.name}[{source}]".encode()
         label = int(self.dataset.labels[source])  # type: ignore[index]
-        return {
-            "image": data,
-            "label": label,
-            "key": key,
-            "crc32": sample_checksum(data, label, key),
-        }
+        return _stored_sample(data, label, f"{self.name}[{source}]".encode())
 
 
 class _CountingWriter:
