@@ -44,7 +44,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from typing import BinaryIO, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -160,10 +160,14 @@ def _decode_error(label: str, err: BaseException) -> ImageDecodeError:
     return ImageDecodeError(f"cannot decode image file {label}: {display_name(reason)}")
 
 
-def _open(source: Source) -> BinaryIO:
+def _read(source: Source) -> bytes | bytearray | memoryview:
+    """The encoded image: ``source`` itself, or the whole file in one read (parsing the header
+    from a file object and reading it again for the decoder cost ~90 us more per ImageNet JPEG,
+    benchmarks/README.md 2b)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return io.BytesIO(source)
-    return open(source, "rb")
+        return source
+    with open(source, "rb") as f:
+        return f.read()
 
 
 def _check_source(source: object) -> None:
@@ -284,16 +288,12 @@ def decode_crop(
     _check_options(out_size, backend)
     label = _label(source, name)
     try:
-        if not isinstance(source, (bytes, bytearray, memoryview)):
-            # One read of the whole file: parsing the header from a file object and reading it
-            # again for the decoder cost ~90 us more per ImageNet JPEG (benchmarks/README.md, 2b).
-            with open(source, "rb") as f:
-                source = f.read()
-        with _open(source) as f:
+        data = _read(source)
+        with io.BytesIO(data) as f:
             image = Image.open(f)
             box = box_fn(image)
             if backend == "auto" and decoder_for(image, box, out_size, mode) == "torchvision":
-                decoded = _decode_jpeg([source], mode, torch.device("cpu"))
+                decoded = _decode_jpeg([data], mode, torch.device("cpu"))
                 if decoded is not None:
                     out = _crop_resize(decoded[0], image.size, box, out_size)
                     if out is not None:
@@ -312,11 +312,7 @@ def read_header(source: Source, name: str | None = None) -> tuple[bytes, Image.I
     _check_source(source)
     label = _label(source, name)
     try:
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            data = bytes(source)
-        else:
-            with open(source, "rb") as f:
-                data = f.read()
+        data = bytes(_read(source))  # bytes: an EncodedCrop travels between processes
         return data, Image.open(io.BytesIO(data)), label
     except FileNotFoundError:
         raise
@@ -382,16 +378,13 @@ def decode_crops(
     encoded: list[bytes | bytearray | memoryview] = []
     sizes: list[tuple[int, int]] = []
     for i, source in enumerate(sources):
-        data = source
-        if not isinstance(source, (bytes, bytearray, memoryview)):
-            try:
-                with open(source, "rb") as f:
-                    data = f.read()
-            except FileNotFoundError:
-                raise
-            except OSError:
-                out[i] = on_cpu(i)  # raises the ImageDecodeError decode_crop gives
-                continue
+        try:
+            data = _read(source)
+        except FileNotFoundError:
+            raise
+        except OSError:
+            out[i] = on_cpu(i)  # raises the ImageDecodeError decode_crop gives
+            continue
         try:
             header = Image.open(io.BytesIO(data))
             fast = decoder_for(header, boxes[i], out_size, mode) == "torchvision"
