@@ -57,7 +57,7 @@ class BatchNormalizer:
             raise ValueError(f"mean and std need one value per channel, std > 0: {mean}, {std}")
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        self._constants: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+        self._constants: dict[tuple[torch.device, torch.dtype, bool], tuple[Tensor, Tensor]] = {}
         # The last CPU output of each shape (train and evaluation batches differ), reused once
         # nothing else refers to it.
         self._outputs: dict[tuple[int, ...], Tensor] = {}
@@ -78,14 +78,7 @@ class BatchNormalizer:
             # x / 255 / std - mean / std: the conversion (which also makes the batch contiguous,
             # whatever the loader's layout), then two in-place passes over float32 in the cache
             scale, shift = self._constants_for(images.device, torch.float32, uint8=True)
-            out = self._free_output(images)
-            if out is None:
-                out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
-                if images.device.type == "cpu" and _ALONE is not None:
-                    if len(self._outputs) >= 2:
-                        self._outputs.clear()
-                    self._outputs[tuple(images.shape)] = out
-            return out.copy_(images).mul_(scale).add_(shift)
+            return self._output_for(images).copy_(images).mul_(scale).add_(shift)
         if images.is_floating_point():
             mean, std = self._constants_for(images.device, images.dtype, uint8=False)
             return (images - mean) / std
@@ -94,7 +87,7 @@ class BatchNormalizer:
     def _constants_for(
         self, device: torch.device, dtype: torch.dtype, *, uint8: bool
     ) -> tuple[Tensor, Tensor]:
-        key = (device, dtype if not uint8 else torch.uint8)
+        key = (device, dtype, uint8)
         if key not in self._constants:
             mean = torch.tensor(self.mean, dtype=torch.float64).view(-1, 1, 1)
             std = torch.tensor(self.std, dtype=torch.float64).view(-1, 1, 1)
@@ -102,14 +95,18 @@ class BatchNormalizer:
             self._constants[key] = (first.to(device, dtype), second.to(device, dtype))
         return self._constants[key]
 
-    def _free_output(self, images: Tensor) -> Tensor | None:
-        """The previous output of this shape, if nothing but this object refers to it."""
-        if images.device.type != "cpu" or _ALONE is None:
-            return None
+    def _output_for(self, images: Tensor) -> Tensor:
+        """Where the float32 batch goes: on the CPU the previous output of this shape when
+        nothing but this object refers to it, else new memory (remembered for the next step)."""
         key = tuple(images.shape)
-        if key not in self._outputs:
-            return None
-        if _references(self._outputs, key) != _ALONE:
+        reusable = images.device.type == "cpu" and _ALONE is not None
+        if reusable and key in self._outputs:
+            if _references(self._outputs, key) == _ALONE:
+                return self._outputs[key]
             del self._outputs[key]  # someone kept it: it is theirs now
-            return None
-        return self._outputs[key]
+        out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+        if reusable:
+            if len(self._outputs) >= 2:
+                self._outputs.clear()
+            self._outputs[key] = out
+        return out
