@@ -89,12 +89,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import Tensor
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from datamodules.decoding import Box, decode_crop
+from datamodules.decoding import Box, Header, decode_crop
 from datamodules.transforms import RandomResizedCropDecode
 
 __all__ = [
@@ -286,8 +285,8 @@ class ScaleJitterCropDecode(_ScaleJitter):
         top = region_top + _randint(0, region_h - side)
         return (float(left), float(top), float(left + side), float(top + side))
 
-    def _box(self, image: Image.Image) -> Box:
-        return self.box(*image.size)
+    def _box(self, header: Header) -> Box:
+        return self.box(*header.size)
 
     def __call__(self, path: Any, name: str | None = None) -> Tensor:
         """``path``: a file path, or the file's bytes with ``name`` for error messages."""

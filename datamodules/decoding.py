@@ -5,6 +5,9 @@ Why a fused decode-crop-resize instead of ``PIL.open -> transforms``:
 * The crop box is drawn from the header's size before anything is decoded, so the decoder can be
   chosen per crop (below) and ``Image.draft`` can decode at 1/2, 1/4 or 1/8 scale (DCT scaling)
   when the region is at least that much larger than the output, which skips most of the work.
+  An ordinary JPEG's header is read from its frame segment here (per ImageNet JPEG in a
+  worker's loop 13 us against 58 for PIL's ``Image.open``; benchmarks/README.md 2b); every other
+  file is opened by PIL, whose checks (decompression bombs, formats) still apply.
 * The result stays uint8 (no ``ToTensor``): 4x less data through worker IPC and host-to-device
   copies; normalisation happens on the accelerator (see ``ImageClassificationDataModule``).
 
@@ -42,9 +45,10 @@ from __future__ import annotations
 import io
 import math
 import os
+import struct
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -55,11 +59,18 @@ from datamodules.files import display_name
 
 try:
     from torchvision.io import ImageReadMode, decode_jpeg
-except ImportError:  # removed from a future torchvision: the PIL path does everything
+
+    # The operator torchvision's ``decode_jpeg`` runs for a CPU tensor, called directly: the
+    # wrapper's per-call deprecation warning and the filter that silenced it cost ~160 us per
+    # ImageNet JPEG in a worker (one A/B run, benchmarks/README.md 2b).
+    _decode_jpeg_op = getattr(torch.ops.image, "decode_jpeg", None)
+except (ImportError, AttributeError, RuntimeError):  # gone from a future torchvision: PIL only
     decode_jpeg = None  # type: ignore[assignment]
+    _decode_jpeg_op = None
 
 __all__ = [
     "Box",
+    "Header",
     "ImageDecodeError",
     "Source",
     "decode_crop",
@@ -82,6 +93,19 @@ _BACKENDS = ("auto", "pil")
 # Integer modes whose values span 16 bits; "I" (32-bit) is what PIL gives 16-bit data in some
 # formats (TIFF, older PIL versions), and values outside 0..65535 are clipped.
 _WIDE_INTEGER_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+
+# Start-of-frame markers of the JPEGs read without PIL: baseline, extended and progressive
+# Huffman-coded (arithmetic, lossless and hierarchical ones are left to PIL's header parse).
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2})
+# Segments that may come before the scan besides the frame header: Huffman and arithmetic
+# coding tables, quantisation tables, restart interval (APPn and COM are 0xE0-0xFE).
+_TABLE_MARKERS = frozenset({0xC4, 0xCC, 0xDB, 0xDD})
+# Segments read before giving up on finding the frame header (PIL then parses the file).
+_MAX_SEGMENTS = 256
+
+# Non-empty until torch has given (and we have silenced) its once-per-process warning about
+# wrapping a read-only buffer.
+_READ_ONLY_WARNING_PENDING = [True]
 
 # JPEG colour spaces libjpeg converts to RGB/L exactly as PIL does. CMYK/YCCK (Adobe's inverted
 # CMYK) stays with PIL, whose handling of it the datasets were checked against.
@@ -107,6 +131,67 @@ class ImageDecodeError(ValueError):
         last_line = message.rstrip().rsplit("\n", 1)[-1]
         _, found, original = last_line.partition(f"{type(self).__name__}: ")
         return original if found else last_line
+
+
+class Header(NamedTuple):
+    """What an image's header says, nothing decoded: PIL's ``format`` and ``mode`` names and
+    ``size`` as (width, height). A crop's box function receives one."""
+
+    format: str | None
+    mode: str
+    size: tuple[int, int]
+
+
+def _jpeg_header(data: bytes | bytearray | memoryview) -> Header | None:
+    """The header of an 8-bit greyscale or 3-channel JPEG: its frame (SOF) segment, found by
+    walking the segments up to the start of the scan (SOS), where PIL's header parse stops too.
+
+    ``None`` for anything else (CMYK, 12-bit, arithmetic-coded,
+    not a JPEG, a segment cut short or damaged, an image above PIL's decompression-bomb limit):
+    PIL then parses it and raises what it always raised.
+    """
+    view = memoryview(data)
+    if view.nbytes < 4 or view[0] != 0xFF or view[1] != 0xD8:
+        return None
+    header = None
+    at = 2
+    for _ in range(_MAX_SEGMENTS):
+        if at + 4 > view.nbytes or view[at] != 0xFF:
+            return None
+        marker = view[at + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            at += 1
+            continue
+        (length,) = struct.unpack_from(">H", view, at + 2)
+        if length < 2 or at + 2 + length > view.nbytes:
+            return None
+        if marker == 0xDA:  # start of scan: the header is complete
+            return header
+        if marker in _SOF_MARKERS and header is None:
+            if length < 8:
+                return None
+            precision, height, width, channels = struct.unpack_from(">BHHB", view, at + 4)
+            mode = {1: "L", 3: "RGB"}.get(channels)
+            limit = Image.MAX_IMAGE_PIXELS
+            if precision != 8 or mode is None or not (width and height):
+                return None
+            if limit is not None and width * height > limit:
+                return None  # PIL warns or refuses: its check decides, as for every format
+            header = Header("JPEG", mode, (width, height))
+        elif not (marker in _TABLE_MARKERS or 0xE0 <= marker <= 0xFE):
+            return None  # another kind of frame, a second one, or a marker out of place
+        at += 2 + length
+    return None
+
+
+def _parse_header(data: bytes | bytearray | memoryview) -> tuple[Header, Image.Image | None]:
+    """The header of the encoded image ``data``, and PIL's opened (not decoded) image where PIL
+    had to read it (``None`` where :func:`_jpeg_header` did). Raises PIL's errors."""
+    header = _jpeg_header(data)
+    if header is not None:
+        return header, None
+    image = Image.open(io.BytesIO(data))
+    return Header(image.format, image.mode, image.size), image
 
 
 def _to_8_bit(image: Image.Image) -> Image.Image:
@@ -190,15 +275,16 @@ def _check_options(out_size: tuple[int, int], backend: str) -> None:
 
 
 def decoder_for(
-    image: Image.Image, box: Box, out_size: tuple[int, int], mode: str = "RGB"
+    header: Header | Image.Image, box: Box, out_size: tuple[int, int], mode: str = "RGB"
 ) -> Literal["torchvision", "pil"]:
-    """Which decoder :func:`decode_crop` (``backend='auto'``) uses for this crop of ``image``
-    (opened, not decoded): torchvision where it gives the same image faster than PIL."""
-    if decode_jpeg is None or image.format != "JPEG" or image.mode not in _FAST_JPEG_MODES:
+    """Which decoder :func:`decode_crop` (``backend='auto'``) uses for this crop of an image
+    (its :class:`Header`, or PIL's opened image): torchvision where it gives the same image
+    faster than PIL."""
+    if _decode_jpeg_op is None or header.format != "JPEG" or header.mode not in _FAST_JPEG_MODES:
         return "pil"
     if mode not in _FAST_JPEG_MODES:
         return "pil"
-    width, height = image.size
+    width, height = header.size
     left, top, right, bottom = box
     if not all(float(v).is_integer() for v in box):  # torch cannot resample a fractional box
         return "pil"
@@ -220,15 +306,31 @@ def _decode_jpeg(
     """torchvision's decode, or ``None`` where it refuses the data (PIL then decides)."""
     read_mode = ImageReadMode.RGB if mode == "RGB" else ImageReadMode.GRAY
     try:
+        if device.type == "cpu":
+            # no EXIF rotation, as PIL's decode (and torchvision's default)
+            return [
+                _decode_jpeg_op(_encoded(data), read_mode.value, False)  # type: ignore[misc]
+                for data in datas
+            ]
         with warnings.catch_warnings():
-            # decode_jpeg only reads the buffer, so a read-only one (bytes) is fine to wrap
-            warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarning)
             # Deprecated since torchvision 0.29; if it goes, decode_jpeg is None (PIL path).
             warnings.filterwarnings("ignore", "The image decoding and encoding", DeprecationWarning)
-            encoded = [torch.frombuffer(data, dtype=torch.uint8) for data in datas]
-            return decode_jpeg(encoded, mode=read_mode, device=device)
+            return decode_jpeg([_encoded(data) for data in datas], mode=read_mode, device=device)
     except (RuntimeError, ValueError):  # libjpeg/nvJPEG errors; ValueError: an empty buffer
         return None
+
+
+def _encoded(data: bytes | bytearray | memoryview) -> torch.Tensor:
+    """``data`` as a uint8 tensor, not copied. The decoders only read it, so read-only bytes are
+    fine; torch warns about those once per process, and that one warning is silenced here (a
+    ``catch_warnings`` around every image cost more than the header parse)."""
+    if not _READ_ONLY_WARNING_PENDING or not memoryview(data).readonly:
+        return torch.frombuffer(data, dtype=torch.uint8)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarning)
+        tensor = torch.frombuffer(data, dtype=torch.uint8)
+    _READ_ONLY_WARNING_PENDING.clear()
+    return tensor
 
 
 def _crop_resize(
@@ -268,52 +370,54 @@ def _pil_crop(image: Image.Image, box: Box, out_size: tuple[int, int], mode: str
 
 def decode_crop(
     source: Source,
-    box_fn: Callable[[Image.Image], Box],
+    box_fn: Callable[[Header], Box],
     out_size: tuple[int, int],
     mode: str = "RGB",
     *,
     name: str | None = None,
     backend: Backend = "auto",
 ) -> torch.Tensor:
-    """Decode the region ``box_fn(image)`` of an image file, resized to ``out_size``.
+    """Decode the region ``box_fn(header)`` of an image file, resized to ``out_size``.
 
     ``source`` is a path or the file's bytes (``name``, if given, is what errors call it).
-    ``box_fn`` receives the opened but not yet decoded image (its ``size`` is known from the
-    header) and returns the crop box in full-resolution pixels; it is called exactly once, so a
-    random box draws the same random numbers whichever decoder runs. ``out_size`` is (width,
-    height). ``backend='pil'`` always decodes with PIL (see the module docstring). Returns a
-    ``(C, H, W)`` uint8 tensor, C = 3 for ``mode='RGB'`` and 1 for ``mode='L'``.
+    ``box_fn`` receives the image's :class:`Header` (read before anything is decoded; its
+    ``size`` is (width, height)) and returns the crop box in full-resolution pixels; it is called
+    exactly once, so a random box draws the same random numbers whichever decoder runs.
+    ``out_size`` is (width, height). ``backend='pil'`` always decodes with PIL (see the module
+    docstring). Returns a ``(C, H, W)`` uint8 tensor, C = 3 for ``mode='RGB'`` and 1 for
+    ``mode='L'``.
     """
     _check_source(source)
     _check_options(out_size, backend)
     label = _label(source, name)
     try:
         data = _read(source)
-        with io.BytesIO(data) as f:
-            image = Image.open(f)
-            box = box_fn(image)
-            if backend == "auto" and decoder_for(image, box, out_size, mode) == "torchvision":
-                decoded = _decode_jpeg([data], mode, torch.device("cpu"))
-                if decoded is not None:
-                    out = _crop_resize(decoded[0], image.size, box, out_size)
-                    if out is not None:
-                        return out
-                # torchvision refused it: PIL decodes it, or raises the error it always did
-            return _pil_crop(image, box, out_size, mode)
+        header, image = _parse_header(data)
+        box = box_fn(header)
+        if backend == "auto" and decoder_for(header, box, out_size, mode) == "torchvision":
+            decoded = _decode_jpeg([data], mode, torch.device("cpu"))
+            if decoded is not None:
+                out = _crop_resize(decoded[0], header.size, box, out_size)
+                if out is not None:
+                    return out
+            # torchvision refused it: PIL decodes it, or raises the error it always did
+        if image is None:
+            image = Image.open(io.BytesIO(data))
+        return _pil_crop(image, box, out_size, mode)
     except FileNotFoundError:
         raise
     except Exception as err:  # PIL raises OSError, SyntaxError, struct.error, ... on bad data
         raise _decode_error(label, err) from err
 
 
-def read_header(source: Source, name: str | None = None) -> tuple[bytes, Image.Image, str]:
-    """The encoded bytes of ``source``, PIL's view of its header (nothing decoded) and the name
-    errors use for it. A file that is not an image raises :func:`decode_crop`'s error."""
+def read_header(source: Source, name: str | None = None) -> tuple[bytes, Header, str]:
+    """The encoded bytes of ``source``, its :class:`Header` (nothing decoded) and the name errors
+    use for it. A file that is not an image raises :func:`decode_crop`'s error."""
     _check_source(source)
     label = _label(source, name)
     try:
         data = bytes(_read(source))  # bytes: an EncodedCrop travels between processes
-        return data, Image.open(io.BytesIO(data)), label
+        return data, _parse_header(data)[0], label
     except FileNotFoundError:
         raise
     except Exception as err:
@@ -386,7 +490,7 @@ def decode_crops(
             out[i] = on_cpu(i)  # raises the ImageDecodeError decode_crop gives
             continue
         try:
-            header = Image.open(io.BytesIO(data))
+            header = _parse_header(data)[0]
             fast = decoder_for(header, boxes[i], out_size, mode) == "torchvision"
         except Exception:
             fast = False

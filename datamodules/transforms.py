@@ -20,10 +20,17 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-from PIL import Image
 from torchvision.transforms import RandomResizedCrop
 
-from datamodules.decoding import Backend, Box, Source, decode_crop, decode_crops, read_header
+from datamodules.decoding import (
+    Backend,
+    Box,
+    Header,
+    Source,
+    decode_crop,
+    decode_crops,
+    read_header,
+)
 
 __all__ = [
     "CenterCropDecode",
@@ -32,6 +39,9 @@ __all__ = [
     "decode_encoded",
     "default_resize_size",
 ]
+
+
+_NO_PIXELS = torch.empty((1, 1, 1), dtype=torch.uint8)
 
 
 def default_resize_size(size: int) -> int:
@@ -73,10 +83,13 @@ class RandomResizedCropDecode:
         self.mode = mode
         self.backend = backend
 
-    def _box(self, image: Image.Image) -> Box:
-        # get_params only reads the size and band count, so the image is not decoded yet
-        top, left, height, width = RandomResizedCrop.get_params(image, self.scale, self.ratio)
-        return (left, top, left + width, top + height)
+    def _box(self, header: Header) -> Box:
+        # torchvision's own draw (same random numbers as its RandomResizedCrop); it reads only
+        # the image's shape, which a tensor with no data of its own gives
+        width, height = header.size
+        shape_only = _NO_PIXELS.expand(1, height, width)
+        top, left, h, w = RandomResizedCrop.get_params(shape_only, self.scale, self.ratio)
+        return (left, top, left + w, top + h)
 
     def _flip(self) -> bool:
         return bool(self.hflip and torch.rand(()) < 0.5)
@@ -141,8 +154,8 @@ class CenterCropDecode:
         self.resize_size = resize_size
         self.mode = mode
 
-    def _box(self, image: Image.Image) -> Box:
-        width, height = image.size
+    def _box(self, header: Header) -> Box:
+        width, height = header.size
         side = self.size * min(width, height) / self.resize_size  # crop side in source pixels
         left = (width - side) / 2
         top = (height - side) / 2

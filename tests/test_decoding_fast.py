@@ -4,6 +4,7 @@ errors as the PIL path, from paths and from bytes; the batched device decoder's 
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from torchvision import transforms as T
 
 from datamodules.datasets import FileImageDataset
 from datamodules.decoding import (
+    Header,
     ImageDecodeError,
+    _jpeg_header,
     decode_crop,
     decode_crops,
     decoder_for,
@@ -135,6 +138,63 @@ def test_crops_the_fast_path_leaves_to_pil(tmp_path: Path) -> None:
         assert decoder_for(header, (0, 0, 400, 300), (224, 224), "RGBA") == "pil"
     with Image.open(write(tmp_path / "p.png", png_bytes(size=(300, 300)))) as header:
         assert decoder_for(header, (0, 0, 300, 300), (224, 224)) == "pil"
+
+
+# -------------------------------------------------------------------------- header reader
+def with_frame(data: bytes, width: int, height: int, precision: int = 8) -> bytes:
+    """A baseline JPEG whose frame header claims another size (or sample precision)."""
+    at = data.index(b"\xff\xc0")
+    return data[: at + 4] + struct.pack(">BHH", precision, height, width) + data[at + 9 :]
+
+
+def jpeg_variant(**save: object) -> bytes:
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(noise_jpeg_bytes((96, 64)))).save(buf, "JPEG", **save)
+    return buf.getvalue()
+
+
+def test_the_header_reader_agrees_with_pil_or_leaves_the_file_to_it(tmp_path: Path) -> None:
+    rotated = Image.Exif()
+    rotated[0x0112] = 6  # EXIF orientation: neither decoder applies it
+    read_here = {
+        "photo": photo_jpegs(tmp_path, 1)[0].read_bytes(),
+        "grey": gray_jpeg_bytes(90, (120, 90)),
+        "progressive": jpeg_variant(progressive=True),
+        "EXIF segment first": jpeg_variant(exif=rotated),
+        "fill bytes before a marker": (lambda d: d[:2] + b"\xff\xff" + d[2:])(noise_jpeg_bytes()),
+    }
+    for name, data in read_here.items():
+        with Image.open(io.BytesIO(data)) as image:
+            expected = Header(image.format, image.mode, image.size)
+        assert _jpeg_header(data) == expected, name
+        seen: list[Header] = []
+        decode_crop(data, lambda h: seen.append(h) or (0, 0, *h.size), (16, 16))  # noqa: B023
+        assert seen == [expected], name  # what a box function receives
+    noise = noise_jpeg_bytes()
+    left_to_pil = {
+        "CMYK": cmyk_jpeg_bytes(),
+        "PNG named .JPEG": png_bytes(),
+        "not an image": b"<html>not an image</html>",
+        "cut before the frame header": noise[:40],
+        "cut before the scan": noise[: noise.index(b"\xff\xda") + 4],
+        "two frame headers": (lambda at: noise[:at] + noise[at : at + 19] + noise[at:])(
+            noise.index(b"\xff\xc0")
+        ),
+        "12-bit samples": with_frame(noise, 160, 120, precision=12),
+        "height from a later DNL marker": with_frame(noise, 160, 0),
+        "a decompression bomb's size": with_frame(noise, 20_000, 20_000),
+    }
+    for name, data in left_to_pil.items():
+        assert _jpeg_header(data) is None, name
+
+
+def test_a_decompression_bomb_is_refused_as_pil_refuses_it() -> None:
+    # 400 Mpx claimed in a few KB: above twice PIL's MAX_IMAGE_PIXELS, so PIL raises at open;
+    # the fast header reader must not hand such a frame to libjpeg
+    bomb = with_frame(noise_jpeg_bytes(), 20_000, 20_000)
+    for backend in ("auto", "pil"):
+        with pytest.raises(ImageDecodeError, match="bomb.JPEG: .*decompression bomb"):
+            decode_crop(bomb, full, (224, 224), name="bomb.JPEG", backend=backend)
 
 
 # ---------------------------------------------------------------------------- same errors
