@@ -26,7 +26,11 @@ from datamodules.decoding import (
     decoder_for,
     read_header,
 )
-from datamodules.transforms import RandomResizedCropDecode, decode_encoded
+from datamodules.transforms import (
+    RandomResizedCropDecode,
+    decode_encoded,
+    random_resized_crop_box,
+)
 
 PHOTOS = Path(sklearn.datasets.__file__).parent / "images"
 
@@ -89,6 +93,27 @@ def test_training_crops_match_torchvision_reference(tmp_path: Path) -> None:
         assert grey_levels(fast, before).float().mean() < 1.0, path
     # the test really exercised the fast path (and DCT-scaled crops still go to PIL)
     assert decoders.count("torchvision") >= len(decoders) // 2
+
+
+def test_the_crop_box_is_torchvisions_draw() -> None:
+    cases = [
+        ((500, 375), (0.08, 1.0), (3 / 4, 4 / 3)),  # ImageNet's usual
+        ((375, 500), (0.08, 1.0), (3 / 4, 4 / 3)),
+        ((300, 200), (0.25, 1.0), (0.5, 2.0)),
+        ((64, 64), (0.5, 0.5), (1.0, 1.0)),
+        ((1000, 12), (0.08, 1.0), (3 / 4, 4 / 3)),  # ten misses: the centre, wide
+        ((12, 1000), (0.08, 1.0), (3 / 4, 4 / 3)),  # and tall
+    ]
+    for (width, height), scale, ratio in cases:
+        for seed in range(100):
+            torch.manual_seed(seed)
+            image = torch.empty(3, height, width)
+            top, left, h, w = T.RandomResizedCrop.get_params(image, list(scale), list(ratio))
+            after_torchvision = torch.rand(())
+            torch.manual_seed(seed)
+            box = random_resized_crop_box(width, height, scale, ratio)
+            assert box == (left, top, left + w, top + h), (width, height, seed)
+            assert torch.rand(()) == after_torchvision  # it drew the same random numbers
 
 
 def test_bytes_give_the_same_image_and_random_stream_as_the_path(tmp_path: Path) -> None:
