@@ -25,7 +25,7 @@ __all__ = ["BatchNormalizer"]
 
 _storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
 
-# float32 output normalised per block on the CPU: 2 MiB (three 224x224 images) cost 88 us per
+# float32 output normalised per block on the CPU: 2 MiB (three 224x224 images) cost 91 us per
 # image against 106 for one pass over a batch of 64 (1 thread, benchmarks/README.md 2b).
 _BLOCK_BYTES = 2 << 20
 

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from datamodules import DigitsDataModule
 from datamodules.datasets import SkipCollate
-from datamodules.normalization import BatchNormalizer
+from datamodules.normalization import BatchNormalizer, _blocks
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -37,6 +37,15 @@ def test_uint8_and_float_batches_equal_torchvisions_formula() -> None:
         normalize(images[:, :1])
     with pytest.raises(ValueError, match="uint8 or floating-point images, got dtype torch.int64"):
         normalize(images.long())
+
+
+def test_a_batch_larger_than_a_block_is_normalised_block_by_block_to_the_same_values() -> None:
+    # 7 images of 3x256x256 float32 (0.75 MiB each): blocks of two, the last one of one
+    images = torch.randint(0, 256, (7, 3, 256, 256), dtype=torch.uint8)
+    assert len(_blocks(images.shape, images.device)) == 4
+    out = BatchNormalizer(MEAN, STD)(images.contiguous(memory_format=torch.channels_last))
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, reference(images), rtol=0, atol=1e-6)
 
 
 def test_an_output_is_reused_only_when_nothing_refers_to_it() -> None:
