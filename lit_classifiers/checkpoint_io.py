@@ -1,80 +1,76 @@
 """Reading and writing checkpoints without running code, without losing the previous one.
 
-* :func:`read_checkpoint` loads local files, ``http(s)://`` URLs and anything fsspec opens with
-  ``torch.load(weights_only=True)`` only, and turns every way a file can be unusable into one
-  :class:`CheckpointError` line. Lightning itself reads ``http`` checkpoints with
-  ``torch.hub.load_state_dict_from_url(weights_only=False)``: unpickling runs whatever the file
-  asks for, and the hub cache keeps the file for the next call.
+What Lightning leaves open, filled through its public seams:
+
+* :func:`read_checkpoint` loads local files, ``http(s)://`` URLs and any URL fsspec opens
+  (chains included) with ``torch.load(weights_only=True)`` only, and turns every way a file can
+  be unusable into one :class:`CheckpointError` line. A URL is streamed to a temporary file,
+  bounded in size and in time (:func:`local_checkpoint_file`). Lightning itself reads ``http``
+  checkpoints with ``torch.hub.load_state_dict_from_url`` and, unless told ``weights_only``,
+  with ``weights_only=False``: unpickling runs whatever the file asks for.
 * :func:`check_checkpoint_hparams` refuses stored hyper-parameters that would make
-  ``load_from_checkpoint`` import or instantiate something (jsonargparse ``class_path`` dicts,
-  foreign instantiators, unregistered backbone names).
-* :class:`SafeCheckpointIO` is the ``CheckpointIO`` that ``ClassifierModule`` installs in its
-  trainer (:func:`install_safe_checkpoint_io`): it loads through :func:`read_checkpoint`,
-  refuses to write non-finite weights and writes atomically in the destination folder.
-  Lightning's own save stages the file in the system temp folder and, when that is another
-  filesystem, copies it over the old checkpoint, so a kill in the middle leaves a truncated
-  ``last.ckpt``.
-* :func:`load_classifier_checkpoint` is what ``ClassifierModule.load_from_checkpoint`` does:
-  Lightning's loading, made safe, with old hyper-parameter names upgraded
-  (:func:`upgrade_hparams`), and :func:`check_checkpoint_fits` turns a state_dict that does
-  not fit the model into one line instead of ``load_state_dict``'s page of mismatches.
+  ``load_from_checkpoint`` or the CLI import or instantiate something (jsonargparse
+  ``class_path`` dicts, foreign instantiators, unregistered backbone names);
+  ``ClassifierModule.load_from_checkpoint`` runs it (:func:`checked_classifier_checkpoint`)
+  before Lightning's own ``load_from_checkpoint(weights_only=True)`` builds anything, and the
+  CLI through :func:`stored_model_hparams`.
+* :class:`SafeCheckpointIO`, a Trainer plugin (``Trainer(plugins=[SafeCheckpointIO()])``; the
+  CLI's default), loads through :func:`read_checkpoint`, refuses to write non-finite weights
+  and writes atomically in the destination folder. Lightning's own save stages the file in the
+  system temp folder and, when that is another filesystem, copies it over the old checkpoint,
+  so a kill in the middle leaves a truncated ``last.ckpt``.
+* :func:`check_checkpoint_fits` turns a state_dict that does not fit the model into one line
+  instead of ``load_state_dict``'s page of mismatches.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import errno
 import glob
-import io
-import logging
 import os
 import pickle
 import re
 import shutil
+import tempfile
+import urllib.error
+import urllib.request
 import uuid
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any
 
+import fsspec.core
 import fsspec.utils
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator, XLAAccelerator
-from lightning.pytorch.core.saving import load_hparams_from_tags_csv, load_hparams_from_yaml
-from lightning.pytorch.utilities.migration import migrate_checkpoint
-from lightning.pytorch.utilities.rank_zero import rank_zero_deprecation, rank_zero_warn
-from torch import Tensor
-
-from lit_classifiers.lightning_compat import (
-    is_checkpoint_io_wrapper,
-    load_module_state,
-    replace_wrapped_checkpoint_io,
+from lightning.pytorch.core.saving import (
+    CHECKPOINT_PAST_HPARAMS_KEYS,
+    load_hparams_from_tags_csv,
+    load_hparams_from_yaml,
 )
+from torch import Tensor
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 __all__ = [
     "CLASSIFIER_CLASS_PATHS",
-    "RENAMED_HPARAMS",
     "CheckpointError",
     "NonFiniteWeightsError",
     "SafeCheckpointIO",
     "UnsafeCheckpointError",
+    "atomic_save",
     "check_checkpoint_fits",
     "check_checkpoint_hparams",
-    "default_map_location",
+    "checked_classifier_checkpoint",
     "first_non_finite",
-    "install_safe_checkpoint_io",
-    "load_classifier_checkpoint",
+    "local_checkpoint_file",
     "read_checkpoint",
-    "upgrade_hparams",
-    "warn_renamed_hparam",
+    "stored_model_hparams",
 ]
-
-_log = logging.getLogger(__name__)
 
 #: The values ``_class_path`` may hold in a ClassifierModule checkpoint (LightningCLI stores it
 #: in subclass mode): our class under its module and under its package export.
@@ -83,11 +79,6 @@ CLASSIFIER_CLASS_PATHS = frozenset(
 )
 #: The only instantiator LightningCLI records in checkpoints it writes.
 ALLOWED_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
-
-#: ClassifierModule arguments renamed after 0.1.0 (old name -> new name). The old names are
-#: accepted, with a deprecation warning, until the next release; checkpoints that stored them
-#: load under the new ones.
-RENAMED_HPARAMS = {"freeze_backbone": "freeze_body", "backbone_lr_scale": "body_lr_scale"}
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTOCOL_2 = b"\x80"  # torch's legacy (pre-1.6) format starts with a pickle header
@@ -107,80 +98,216 @@ class NonFiniteWeightsError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------ reading
+#: Environment variables that bound a download: its size in bytes, and the seconds a server may
+#: send nothing before the download is given up.
+MAX_DOWNLOAD_ENV = "LIT_CLASSIFIERS_MAX_DOWNLOAD_BYTES"
+DOWNLOAD_TIMEOUT_ENV = "LIT_CLASSIFIERS_DOWNLOAD_TIMEOUT"
+DEFAULT_MAX_DOWNLOAD = 8 * 2**30  # VGG-19 with SGD momentum and an EMA copy is ~1.7 GiB
+DEFAULT_DOWNLOAD_TIMEOUT = 60.0
+_CHUNK = 2**20
+
+
 def read_checkpoint(
-    path: str | os.PathLike[str] | IO[bytes], map_location: Any = "cpu"
+    path: str | os.PathLike[str] | IO[bytes], map_location: Any = "cpu", *, kind: str = "checkpoint"
 ) -> dict[str, Any]:
     """Load a checkpoint with ``torch.load(weights_only=True)``; never anything less safe.
 
-    Local paths are read directly; ``http(s)://`` URLs and other fsspec URLs (``s3://``,
-    ``gs://`` ... where their fsspec backend is installed) are read into memory, so nothing is
-    cached on disk. Every failure is a :class:`CheckpointError` with one line naming ``path``.
+    ``path`` is a local path, an ``http(s)://`` URL or any URL fsspec opens, chains included
+    (see :func:`local_checkpoint_file`). Every failure is a :class:`CheckpointError` with one
+    line naming ``path`` (as a ``kind``: "checkpoint", "weights file").
     """
     if not isinstance(path, (str, os.PathLike)):  # an open file or buffer: the caller's to close
         source = getattr(path, "name", None) or type(path).__name__
-        return _load(path, str(source), map_location)
+        return _load(path, f"{kind} {source}", map_location)
     source = os.fspath(path)
+    with local_checkpoint_file(source, kind=kind) as local:
+        return _read_local(local, source, kind, map_location)
+
+
+@contextlib.contextmanager
+def local_checkpoint_file(source: str, *, kind: str = "checkpoint") -> Iterator[str]:
+    """A local path holding the file that ``source`` names: ``source`` itself when it is local,
+    else a temporary copy, removed on exit.
+
+    ``http(s)://`` URLs are streamed to disk (never held in memory), at most
+    ``$LIT_CLASSIFIERS_MAX_DOWNLOAD_BYTES`` (8 GiB), and given up when the server sends nothing
+    for ``$LIT_CLASSIFIERS_DOWNLOAD_TIMEOUT`` seconds (60); the torch hub cache is not used.
+    Other URLs go through fsspec, chained ones too (``zip://a.ckpt::file:///x.zip``,
+    ``tar://a.ckpt::https://host/x.tar``, ``reference://...``): a chain's last link, when it
+    is ``http(s)://``, is downloaded under the same bounds first.
+    """
     if fsspec.utils.get_protocol(source) == "file":
-        with _open_local(source) as handle:
-            return _load(handle, source, map_location)
-    return _load(io.BytesIO(_fetch_remote(source)), source, map_location)
+        yield source.removeprefix("file://")
+        return
+    with tempfile.TemporaryDirectory(prefix="lit-classifiers-download-") as folder:
+        target = os.path.join(folder, "download")
+        links = source.split("::")
+        if fsspec.utils.get_protocol(links[-1]) in ("http", "https"):
+            _download_http(links[-1], target, f"{kind} {source}")
+            if len(links) == 1:
+                yield target
+                return
+            archive, target = target, os.path.join(folder, "member")
+            links[-1] = f"file://{archive}"
+        _copy_fsspec("::".join(links), target, f"{kind} {source}")
+        yield target
 
 
-def _open_local(source: str) -> IO[bytes]:
-    local = source.removeprefix("file://")
-    if not os.path.exists(local):
-        raise CheckpointError(f"checkpoint {source} does not exist")
-    if os.path.isdir(local):
-        raise CheckpointError(f"checkpoint {source} is a folder, not a checkpoint file")
+def _download_limits() -> tuple[int, float]:
     try:
-        return open(local, "rb")
-    except OSError as error:
-        raise CheckpointError(f"cannot open checkpoint {source}: {error.strerror}") from None
-
-
-def _fetch_remote(source: str) -> bytes:
-    protocol = fsspec.utils.get_protocol(source)
-    try:
-        fs = get_filesystem(source)
-    except (ImportError, ValueError) as error:
+        return (
+            int(os.environ.get(MAX_DOWNLOAD_ENV, DEFAULT_MAX_DOWNLOAD)),
+            float(os.environ.get(DOWNLOAD_TIMEOUT_ENV, DEFAULT_DOWNLOAD_TIMEOUT)),
+        )
+    except ValueError as error:
         raise CheckpointError(
-            f"cannot read checkpoint {source}: the {protocol}:// scheme needs an fsspec backend "
-            f"that is not installed ({_one_line(error)})"
+            f"{MAX_DOWNLOAD_ENV} must be a number of bytes and {DOWNLOAD_TIMEOUT_ENV} a number "
+            f"of seconds ({error})"
+        ) from None
+
+
+def _download_http(url: str, target: str, what: str) -> None:
+    limit, timeout = _download_limits()
+    request = urllib.request.Request(url, headers={"User-Agent": "lit-classifiers"})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as error:
+        if error.code in (404, 410):
+            raise CheckpointError(f"{what} does not exist (HTTP {error.code})") from None
+        raise CheckpointError(f"cannot download {what}: HTTP {error.code} {error.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        if isinstance(reason, TimeoutError):
+            raise CheckpointError(_stalled(what, timeout, 0)) from None
+        raise CheckpointError(
+            f"cannot download {what}: {type(reason).__name__}: {_one_line(reason)}"
+        ) from None
+    with response:
+        announced = response.headers.get("Content-Length")
+        if announced and announced.isdigit() and int(announced) > limit:
+            raise CheckpointError(_too_large(what, f"announces {_size(int(announced))}", limit))
+        _copy(response, target, what, limit, timeout)
+
+
+def _copy_fsspec(url: str, target: str, what: str) -> None:
+    limit, timeout = _download_limits()
+    protocol = fsspec.utils.get_protocol(url)
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+    except ImportError as error:
+        raise CheckpointError(
+            f"cannot read {what}: the {protocol}:// scheme needs an fsspec backend that is not "
+            f"installed ({_one_line(error)})"
+        ) from None
+    except Exception as error:  # each backend raises its own: ValueError, TypeError, OSError ...
+        raise CheckpointError(
+            f"cannot read {what}: fsspec cannot open this URL ({type(error).__name__}: "
+            f"{_one_line(error)})"
         ) from None
     try:
-        return bytes(fs.cat_file(source))
+        if fs.isdir(path):
+            raise CheckpointError(f"{what} is a folder, not a checkpoint file")
+        size = fs.size(path)
+        if size is not None and size > limit:
+            raise CheckpointError(_too_large(what, f"is {_size(size)}", limit))
+        with fs.open(path, "rb") as handle:
+            _copy(handle, target, what, limit, timeout)
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {source} does not exist (not found)") from None
-    except Exception as error:  # aiohttp, botocore ... each raise their own network errors
+        raise CheckpointError(f"{what} does not exist (not found)") from None
+    except CheckpointError:
+        raise
+    except Exception as error:
         raise CheckpointError(
-            f"cannot download checkpoint {source}: {type(error).__name__}: {_one_line(error)}"
+            f"cannot read {what}: {type(error).__name__}: {_one_line(error)}"
         ) from None
 
 
-def _load(handle: IO[bytes], source: str, map_location: Any) -> dict[str, Any]:
-    start = handle.tell()
-    head = handle.read(64)
-    handle.seek(start)
-    _check_header(head, source)
+def _copy(source: IO[bytes], target: str, what: str, limit: int, timeout: float) -> None:
+    received = 0
     try:
-        checkpoint = torch.load(handle, map_location=map_location, weights_only=True)
+        with open(target, "wb") as out:
+            while chunk := source.read(_CHUNK):
+                if received == 0:
+                    _check_header(chunk[:64], what)  # a web page or garbage: stop at once
+                received += len(chunk)
+                if received > limit:
+                    raise CheckpointError(_too_large(what, "sends more", limit))
+                out.write(chunk)
+    except TimeoutError:
+        raise CheckpointError(_stalled(what, timeout, received)) from None
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise CheckpointError(
+                f"disk full while downloading {what} to {os.path.dirname(target)} after "
+                f"{_size(received)}"
+            ) from None
+        raise CheckpointError(
+            f"cannot download {what}: {type(error).__name__}: {_one_line(error)}"
+        ) from None
+    if received == 0:
+        _check_header(b"", what)
+
+
+def _too_large(what: str, how: str, limit: int) -> str:
+    return (
+        f"{what} {how}, over the download limit of {_size(limit)}; set {MAX_DOWNLOAD_ENV} to "
+        "allow more"
+    )
+
+
+def _stalled(what: str, timeout: float, received: int) -> str:
+    return (
+        f"cannot download {what}: the server sent nothing for {timeout:g} s (after "
+        f"{_size(received)}); set {DOWNLOAD_TIMEOUT_ENV} to wait longer"
+    )
+
+
+def _read_local(
+    local: str, source: str, kind: str, map_location: Any, mmap: bool = False
+) -> dict[str, Any]:
+    """``torch.load`` of the local file ``local``, with errors naming ``source``. ``mmap``
+    maps the tensors of a zip checkpoint instead of reading them (for a look at its contents)."""
+    if not os.path.exists(local):
+        raise CheckpointError(f"{kind} {source} does not exist")
+    if os.path.isdir(local):
+        raise CheckpointError(f"{kind} {source} is a folder, not a checkpoint file")
+    try:
+        handle = open(local, "rb")  # noqa: SIM115  (closed below; opening it is what may fail)
+    except OSError as error:
+        raise CheckpointError(f"cannot open {kind} {source}: {error.strerror}") from None
+    with handle:
+        mapped = mmap and handle.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
+        handle.seek(0)
+        return _load(local if mapped else handle, f"{kind} {source}", map_location, mapped)
+
+
+def _load(
+    handle: IO[bytes] | str, what: str, map_location: Any, mmap: bool = False
+) -> dict[str, Any]:
+    if not isinstance(handle, str):  # a path is only given once its header was seen
+        start = handle.tell()
+        head = handle.read(64)
+        handle.seek(start)
+        _check_header(head, what)
+    try:
+        checkpoint = torch.load(handle, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
-        raise _refusal(error, source) from None
+        raise _refusal(error, what) from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile) as error:
         # The header was right, so the rest is missing or damaged (a truncated zip makes torch
         # seek past the end: OSError EINVAL).
-        raise CheckpointError(_damage(error, source)) from None
+        raise CheckpointError(_damage(error, what)) from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(
-            f"checkpoint {source} holds a {type(checkpoint).__name__}, not a checkpoint dictionary"
+            f"{what} holds a {type(checkpoint).__name__}, not a checkpoint dictionary"
         )
     return checkpoint
 
 
-def _check_header(head: bytes, source: str) -> None:
+def _check_header(head: bytes, what: str) -> None:
     if not head:
         raise CheckpointError(
-            f"checkpoint {source} is empty (0 bytes): probably an interrupted save or download"
+            f"{what} is empty (0 bytes): probably an interrupted save or download"
         )
     if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_PROTOCOL_2):
         return
@@ -190,36 +317,35 @@ def _check_header(head: bytes, source: str) -> None:
         text = head[: error.start].decode("utf-8") if error.start >= len(head) - 3 else ""
     if text.startswith("version https://git-lfs"):
         raise CheckpointError(
-            f"checkpoint {source} is a Git LFS pointer, not the checkpoint: fetch it with "
-            "`git lfs pull`"
+            f"{what} is a Git LFS pointer, not the checkpoint: fetch it with `git lfs pull`"
         )
     if text and all(char.isprintable() or char.isspace() for char in text):
         raise CheckpointError(
-            f"checkpoint {source} is a text file, not a PyTorch checkpoint "
+            f"{what} is a text file, not a PyTorch checkpoint "
             f"(it starts with {_one_line(text)[:40]!r})"
         )
     raise CheckpointError(
-        f"checkpoint {source} is not a PyTorch checkpoint (neither a zip archive nor a pickle)"
+        f"{what} is not a PyTorch checkpoint (neither a zip archive nor a pickle)"
     )
 
 
-def _refusal(error: pickle.UnpicklingError, source: str) -> CheckpointError:
+def _refusal(error: pickle.UnpicklingError, what: str) -> CheckpointError:
     message = str(error)
     if "Weights only load failed" not in message:
-        return CheckpointError(_damage(error, source))
+        return CheckpointError(_damage(error, what))
     # torch's own message recommends weights_only=False; we name what was asked for instead.
     found = re.search(r"GLOBAL ([\w.]+)", message)
     needs = f" (it needs {found.group(1)})" if found else ""
     return UnsafeCheckpointError(
-        f"checkpoint {source} holds objects other than tensors and plain data{needs}; it may "
+        f"{what} holds objects other than tensors and plain data{needs}; it may "
         "contain code and was refused: only checkpoints of tensors and plain data are loaded"
     )
 
 
-def _damage(error: BaseException, source: str) -> str:
+def _damage(error: BaseException, what: str) -> str:
     detail = getattr(error, "strerror", None) or _one_line(error) or type(error).__name__
     return (
-        f"checkpoint {source} is truncated or corrupt ({type(error).__name__}: {detail}): "
+        f"{what} is truncated or corrupt ({type(error).__name__}: {detail}): "
         "probably an interrupted save or download"
     )
 
@@ -307,6 +433,22 @@ def _check_plain(value: Any, key: str, source: str) -> None:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def stored_model_hparams(ckpt_path: str) -> dict[str, Any]:
+    """The model arguments stored in the checkpoint at ``ckpt_path`` (a path or any URL
+    :func:`read_checkpoint` takes), checked with :func:`check_checkpoint_hparams`, without
+    Lightning's bookkeeping (``_instantiator``, ``_class_path``) or stored ``weights``: what
+    the CLI puts under ``--model`` before the command line's own values."""
+    hparams = dict(read_checkpoint(ckpt_path).get("hyper_parameters") or {})
+    check_checkpoint_hparams(hparams, ckpt_path)
+    hparams.pop("_instantiator", None)
+    hparams.pop("_class_path", None)
+    if isinstance(hparams.get("backbone_kwargs"), Mapping):  # the state_dict supersedes them
+        hparams["backbone_kwargs"] = {
+            k: v for k, v in hparams["backbone_kwargs"].items() if k != "weights"
+        }
+    return hparams
 
 
 # ------------------------------------------------------------------------------------------ finite
@@ -475,100 +617,66 @@ def _fsync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
-# ------------------------------------------------------------------------------------ renamed names
-def warn_renamed_hparam(old: str) -> None:
-    """The deprecation warning for a ClassifierModule argument given by its old name."""
-    rank_zero_deprecation(
-        f"ClassifierModule's argument {old!r} is deprecated and will be removed in the next "
-        f"release: use {RENAMED_HPARAMS[old]!r}, the same setting under its new name"
-    )
-
-
-def upgrade_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """Stored hyper-parameters with the old names of :data:`RENAMED_HPARAMS` replaced by the new
-    ones (a new name already present wins). Silent: the checkpoint's owner cannot act on a
-    warning short of re-saving it, and the model it builds stores the new names."""
-    upgraded = dict(hparams)
-    for old, new in RENAMED_HPARAMS.items():
-        if old in upgraded:
-            value = upgraded.pop(old)
-            if value is not None:
-                upgraded.setdefault(new, value)
-    return upgraded
-
-
-def _rename_caller_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    renamed = dict(kwargs)
-    for old, new in RENAMED_HPARAMS.items():
-        if old not in renamed:
-            continue
-        value = renamed.pop(old)
-        if value is None:
-            continue
-        warn_renamed_hparam(old)
-        if new in renamed and renamed[new] != value:
-            raise ValueError(
-                f"load_from_checkpoint got {old}={value!r} and {new}={renamed[new]!r}; {old} is "
-                f"the deprecated name of {new}: give only {new}"
-            )
-        renamed[new] = value
-    return renamed
-
-
 # ------------------------------------------------------------------------------------------ loading
-def default_map_location(storage: Any, location: str) -> Any:
-    """Storages of a device this machine lacks (CUDA, MPS, XLA) go to the CPU; all others stay
-    where they were saved. Lightning's ``load_from_checkpoint`` default, from public parts."""
-    unavailable = (
-        (location.startswith("mps") and not MPSAccelerator.is_available())
-        or (location.startswith("cuda") and not CUDAAccelerator.is_available())
-        or (location.startswith("xla") and not XLAAccelerator.is_available())
-    )
-    return storage.cpu() if unavailable else None
-
-
 # (source, strict, stored hyper-parameters before the caller's overrides) of the
-# load_classifier_checkpoint call in progress, for check_checkpoint_fits's errors.
+# ClassifierModule.load_from_checkpoint call in progress, for check_checkpoint_fits's errors.
 _LOADING: contextvars.ContextVar[tuple[str, bool | None, Mapping[str, Any]] | None] = (
     contextvars.ContextVar("classifier_loading", default=None)
 )
 
-_Module = TypeVar("_Module", bound="pl.LightningModule")
 
-
-def load_classifier_checkpoint(
-    cls: type[_Module],
+@contextlib.contextmanager
+def checked_classifier_checkpoint(
     checkpoint_path: str | os.PathLike[str] | IO[bytes],
-    map_location: Any = None,
     hparams_file: str | os.PathLike[str] | None = None,
     strict: bool | None = None,
     weights_only: bool | None = True,
-    **kwargs: Any,
-) -> _Module:
-    """``ClassifierModule.load_from_checkpoint``: Lightning's loading, made safe.
+    overrides: Mapping[str, Any] | None = None,
+) -> Iterator[tuple[str | IO[bytes], dict[str, Any]]]:
+    """What ``ClassifierModule.load_from_checkpoint`` hands to Lightning's own: the checkpoint
+    as a local file (a URL's download, removed on exit) and the keyword arguments to pass.
 
-    The file (local, ``http(s)://`` or any fsspec URL) is read once with ``weights_only=True``;
-    its hyper-parameters (or ``hparams_file``'s) must be plain data naming a registered backbone
-    (:func:`check_checkpoint_hparams`) before anything is built from them; old argument names
-    are upgraded (:func:`upgrade_hparams`); stored ``weights`` are dropped, since the state_dict
-    supersedes them. ``kwargs`` override stored hyper-parameters.
+    Before that, the file is read with ``weights_only=True`` (memory-mapped, so cheaply), and
+    its hyper-parameters, Lightning's legacy ``hparams``/``module_arguments`` and
+    ``hparams_file``'s included, must be plain data naming a registered backbone
+    (:func:`check_checkpoint_hparams`). Stored ``backbone_kwargs.weights`` are dropped from
+    what the model is built with: the state_dict supersedes them, and reading them would open
+    another file or URL. ``overrides`` (the caller's keyword arguments) win and are not checked.
     """
     if weights_only is False:
         raise ValueError(
             "ClassifierModule checkpoints load with weights_only=True only; a checkpoint "
             "that needs weights_only=False can execute code when unpickled"
         )
-    is_path = isinstance(checkpoint_path, (str, os.PathLike))
-    source = os.fspath(checkpoint_path) if is_path else type(checkpoint_path).__name__
-    checkpoint = read_checkpoint(checkpoint_path, map_location or default_map_location)
+    kwargs = dict(overrides or {})
+    if not isinstance(checkpoint_path, (str, os.PathLike)):  # an open file: read, then rewind
+        source, start = type(checkpoint_path).__name__, checkpoint_path.tell()
+        checkpoint = _load(checkpoint_path, f"checkpoint {source}", "cpu")
+        checkpoint_path.seek(start)
+        with _checked(checkpoint, source, hparams_file, strict, kwargs):
+            yield checkpoint_path, kwargs
+        return
+    source = os.fspath(checkpoint_path)
+    with local_checkpoint_file(source) as local:
+        checkpoint = _read_local(local, source, "checkpoint", "cpu", mmap=True)
+        with _checked(checkpoint, source, hparams_file, strict, kwargs):
+            yield local, kwargs
+
+
+@contextlib.contextmanager
+def _checked(
+    checkpoint: dict[str, Any],
+    source: str,
+    hparams_file: str | os.PathLike[str] | None,
+    strict: bool | None,
+    kwargs: dict[str, Any],
+) -> Iterator[None]:
     if "state_dict" not in checkpoint:
         raise CheckpointError(
             f"checkpoint {source} has no state_dict: it is not a Lightning checkpoint (a "
             "bare weights file loads with backbone_kwargs={'weights': path})"
         )
-    checkpoint = _migrate(checkpoint, source if is_path else None)
-    kwargs = _rename_caller_kwargs(kwargs)
-    key = cls.CHECKPOINT_HYPER_PARAMS_KEY
+    key = "hyper_parameters"
     if hparams_file is not None:
         checkpoint[key] = _read_hparams_file(hparams_file)
     stored = _checked_stored_hparams(checkpoint, key, source, hparams_file, kwargs)
@@ -577,36 +685,15 @@ def load_classifier_checkpoint(
             f"checkpoint {source} was trained with a custom backbone module, which is not "
             "stored: pass it, ClassifierModule.load_from_checkpoint(path, backbone=module)"
         )
-    hparams = upgrade_hparams(checkpoint.get(key) or {})
-    backbone_kwargs = hparams.get("backbone_kwargs")
-    if isinstance(backbone_kwargs, Mapping) and "weights" in backbone_kwargs:
-        # The state_dict supersedes them; loading them would read or download a file.
-        hparams["backbone_kwargs"] = {k: v for k, v in backbone_kwargs.items() if k != "weights"}
-    checkpoint[key] = {**hparams, **kwargs}
-
-    token = _LOADING.set((source, strict, hparams))
+    backbone_kwargs = stored.get("backbone_kwargs")
+    stored_weights = isinstance(backbone_kwargs, Mapping) and "weights" in backbone_kwargs
+    if stored_weights and "backbone_kwargs" not in kwargs:
+        kwargs["backbone_kwargs"] = {k: v for k, v in backbone_kwargs.items() if k != "weights"}
+    token = _LOADING.set((source, strict, stored))
     try:
-        model = load_module_state(cls, checkpoint, strict=strict, **kwargs)
+        yield
     finally:
         _LOADING.reset(token)
-    tensors = (t for t in checkpoint["state_dict"].values() if isinstance(t, Tensor))
-    device = next(tensors, torch.tensor(0)).device
-    return model.to(device)  # type: ignore[return-value]
-
-
-def _migrate(checkpoint: dict[str, Any], path: str | None) -> dict[str, Any]:
-    """Lightning's upgrades of checkpoints written by older Lightning versions."""
-    if "pytorch-lightning_version" not in checkpoint:  # not written by a Trainer: nothing to do
-        return checkpoint
-    old_version = checkpoint["pytorch-lightning_version"]
-    checkpoint, migrations = migrate_checkpoint(checkpoint)
-    if migrations and path is not None:
-        _log.info(
-            f"Lightning upgraded the loaded checkpoint from v{old_version} to "
-            f"v{checkpoint['pytorch-lightning_version']} in memory; to upgrade the file, run "
-            f"`python -m lightning.pytorch.utilities.upgrade_checkpoint {path}`"
-        )
-    return checkpoint
 
 
 def _read_hparams_file(hparams_file: str | os.PathLike[str]) -> dict[str, Any]:
@@ -627,11 +714,12 @@ def _checked_stored_hparams(
 ) -> dict[str, Any]:
     """Every hyper-parameter the checkpoint would feed to the model, checked to be plain data.
 
-    Lightning also reads them from the keys of its 0.7 checkpoints. What the caller passes is
+    Lightning also merges those under its legacy keys (``hparams``, ``module_arguments``),
+    ``_instantiator`` included. What the caller passes is
     not taken from the checkpoint, so it is not checked either.
     """
     stored: dict[str, Any] = {}
-    for name in ("hparams", "module_arguments", key):
+    for name in (*CHECKPOINT_PAST_HPARAMS_KEYS, key):
         if name not in checkpoint:
             continue
         where = str(hparams_file) if name == key and hparams_file else source
@@ -713,33 +801,3 @@ def _check_same_model(module: pl.LightningModule, stored: Mapping[str, Any], sou
             f"num_classes={my_classes}: build the model to match the checkpoint or "
             "use ClassifierModule.load_from_checkpoint"
         )
-
-
-def install_safe_checkpoint_io(trainer: pl.Trainer) -> None:
-    """Make ``trainer`` read and write checkpoints through :class:`SafeCheckpointIO`.
-
-    Replaces Lightning's default ``TorchCheckpointIO``, also inside a wrapper such as
-    ``AsyncCheckpointIO``; a checkpoint IO of the user's own is kept, with a warning that the
-    guarantees then depend on it.
-    """
-    strategy = trainer.strategy
-    current = strategy.checkpoint_io  # Lightning fills in its default on first access
-    if isinstance(current, SafeCheckpointIO):
-        return
-    if type(current) is TorchCheckpointIO:
-        strategy.checkpoint_io = SafeCheckpointIO()
-        return
-    wrapper = current
-    while is_checkpoint_io_wrapper(wrapper):
-        inner = wrapper.checkpoint_io
-        if inner is None or type(inner) is TorchCheckpointIO:
-            replace_wrapped_checkpoint_io(wrapper, SafeCheckpointIO())
-            return
-        if isinstance(inner, SafeCheckpointIO):
-            return
-        wrapper = inner
-    rank_zero_warn(
-        f"the trainer uses its own checkpoint IO ({type(wrapper).__name__}), so "
-        "ClassifierModule does not install SafeCheckpointIO: whether checkpoints load "
-        "without running code and save atomically depends on that IO"
-    )

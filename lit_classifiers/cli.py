@@ -60,9 +60,8 @@ import datamodules  # (makes the datamodules known to ``--data NAME``)
 from lit_classifiers.callbacks import NonFiniteLossError
 from lit_classifiers.checkpoint_io import (
     NonFiniteWeightsError,
-    check_checkpoint_hparams,
-    read_checkpoint,
-    upgrade_hparams,
+    SafeCheckpointIO,
+    stored_model_hparams,
 )
 from lit_classifiers.module import ClassifierModule
 from lit_classifiers.predictions import PredictionCSVWriter
@@ -640,18 +639,7 @@ class ClassifierCLI(LightningCLI):
             ckpt_path = config.ckpt_path = self._resolve_last_checkpoint(config)
         if not ckpt_path or ckpt_path in ("best", "hpc", "registry"):
             return
-        ckpt_path = str(ckpt_path)
-        checkpoint = read_checkpoint(ckpt_path)
-        hparams = dict(checkpoint.get("hyper_parameters") or {})
-        check_checkpoint_hparams(hparams, ckpt_path)
-        hparams = upgrade_hparams(hparams)  # argument names renamed since the checkpoint was saved
-        # Both are Lightning's own bookkeeping, checked above to name ClassifierModule only.
-        hparams.pop("_instantiator", None)
-        hparams.pop("_class_path", None)
-        if isinstance(hparams.get("backbone_kwargs"), dict):  # the state_dict supersedes weights
-            hparams["backbone_kwargs"] = {
-                k: v for k, v in hparams["backbone_kwargs"].items() if k != "weights"
-            }
+        hparams = stored_model_hparams(str(ckpt_path))
         if hparams:
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
@@ -977,6 +965,7 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> ClassifierC
         save_config_callback=RunConfigCallback,
         parser_class=ConciseArgumentParser,
         trainer_defaults={
+            "plugins": [SafeCheckpointIO()],
             "logger": {
                 "class_path": "lit_classifiers.callbacks.ClassifierTensorBoardLogger",
                 "init_args": {"save_dir": "runs", "name": None, "default_hp_metric": False},

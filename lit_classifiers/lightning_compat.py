@@ -1,89 +1,167 @@
-"""The private Lightning and torch APIs lit-classifiers needs, in one place.
+"""Every private API of torch, torchvision, Lightning, jsonargparse, litdata (and argparse) that
+lit-classifiers uses, in one list, and the adapter for the one that has no public equivalent.
 
-Everything else uses public APIs. Each function here reaches for a name that starts with an
-underscore because no public API does the job; its docstring says why, and which versions it
-was checked on. ``tests/test_lightning_compat.py`` runs every function against the installed
-versions, so an upgrade that renames or changes one of them fails that test, naming the
-function to update, instead of failing somewhere in a training run.
+A private name is taken only where no public API does the job. :data:`PRIVATE_APIS` names each
+use: the file, the private name as it appears there, and why. ``tests/test_lightning_compat.py``
+holds the list to the code both ways (a private name used in the project and missing here fails,
+as does an entry whose name its file no longer uses) and checks that each name still exists in
+the installed versions, so an upgrade that renames one fails there, naming it, instead of in the
+middle of a training run.
 
-Checked on lightning 2.6.6 and torch 2.14.1 (tensorboard 2.21.0).
+Checked on lightning 2.6.6, torch 2.14.1, torchvision 0.29.1, jsonargparse 4.x, litdata 0.2.x.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-import lightning.pytorch as pl
-from lightning.fabric.plugins import CheckpointIO
-from lightning.pytorch.core.saving import _load_state
-from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
-__all__ = [
-    "is_checkpoint_io_wrapper",
-    "load_module_state",
-    "replace_wrapped_checkpoint_io",
-    "tensorboard_file_writer",
-]
+__all__ = ["CHECKED_ON", "PRIVATE_APIS", "PrivateApi", "tensorboard_file_writer"]
 
-#: The versions the functions below were last checked against.
+#: The versions the uses below were last checked against.
 CHECKED_ON = {"lightning": "2.6.6", "torch": "2.14.1"}
+
+
+class PrivateApi(NamedTuple):
+    """One use of a private name: ``file`` (relative to the repository root) contains ``name``;
+    ``owner`` is where the name lives (``module:attribute.path``), checked to exist."""
+
+    file: str
+    name: str
+    owner: str
+    why: str
+
+
+PRIVATE_APIS: tuple[PrivateApi, ...] = (
+    PrivateApi(
+        "lit_classifiers/lightning_compat.py",
+        "_get_file_writer",
+        "torch.utils.tensorboard:SummaryWriter._get_file_writer",
+        "writes the HParams plugin's ready-made Summary protobufs; SummaryWriter's add_* "
+        "methods each build their own (Lightning's TensorBoardLogger makes the same call)",
+    ),
+    # The CLI's help and error messages (issue 21 section 4 removes most of these).
+    PrivateApi(
+        "lit_classifiers/cli.py",
+        "jsonargparse._typehints",
+        "jsonargparse._typehints:get_all_subclass_paths",
+        "lists the subclasses a --data/--model.optimizer value may name",
+    ),
+    PrivateApi(
+        "lit_classifiers/cli.py",
+        "_typehint",
+        "jsonargparse._typehints:ActionTypeHint",
+        "an action's type",
+    ),
+    PrivateApi(
+        "lit_classifiers/cli.py",
+        "_option_string_actions",
+        "argparse:ArgumentParser",
+        "the options a parser knows, for 'did you mean'",
+    ),
+    PrivateApi(
+        "lit_classifiers/cli.py", "_group_actions", "argparse:_ArgumentGroup", "help ordering"
+    ),
+    PrivateApi("lit_classifiers/cli.py", "_actions", "argparse:ArgumentParser", "help texts"),
+    PrivateApi(
+        "lit_classifiers/cli.py",
+        "_add_subcommands",
+        "lightning.pytorch.cli:LightningCLI._add_subcommands",
+        "adds export/prepare/backbones to the subcommand list",
+    ),
+    PrivateApi(
+        "lit_classifiers/cli.py",
+        "_subcommands_action",
+        "jsonargparse:ArgumentParser",
+        "the subcommand list's help",
+    ),
+    PrivateApi("lit_classifiers/cli.py", "_choices_actions", "argparse:_SubParsersAction", "same"),
+    PrivateApi(
+        "lit_classifiers/cli.py",
+        "_ChoicesPseudoAction",
+        "argparse:_SubParsersAction._ChoicesPseudoAction",
+        "same",
+    ),
+    PrivateApi(
+        "lit_classifiers/cli.py",
+        "_subcommand_parsers",
+        "lightning.pytorch.cli:LightningCLI",
+        "each subcommand's --ckpt_path help",
+    ),
+    PrivateApi(
+        "lit_classifiers/cli.py",
+        "_model_class",
+        "lightning.pytorch.cli:LightningCLI",
+        "--model.backbone as a registered name",
+    ),
+    PrivateApi(
+        "lit_classifiers/cli.py", "_datamodule_class", "lightning.pytorch.cli:LightningCLI", "same"
+    ),
+    PrivateApi(
+        "lit_classifiers/cli.py",
+        "_parse_ckpt_path",
+        "lightning.pytorch.cli:LightningCLI._parse_ckpt_path",
+        "--ckpt_path's hyper-parameters read safely (checkpoint_io.stored_model_hparams)",
+    ),
+    PrivateApi(
+        "lit_classifiers/cli.py",
+        "_get_help_string",
+        "argparse:HelpFormatter._get_help_string",
+        "help restyled",
+    ),
+    PrivateApi(
+        "lit_classifiers/cli.py", "_expand_help", "argparse:HelpFormatter._expand_help", "same"
+    ),
+    PrivateApi(
+        "lit_classifiers/cli.py", "_split_lines", "argparse:HelpFormatter._split_lines", "same"
+    ),
+    PrivateApi("lit_classifiers/cli.py", "_prog", "argparse:HelpFormatter", "same"),
+    # The data pipeline (issue 21 section 1 removes the normalisation and decoding ones).
+    PrivateApi(
+        "datamodules/normalization.py",
+        "_use_count",
+        "torch:Tensor._use_count",
+        "reuses a batch's buffer when nothing else holds it",
+    ),
+    PrivateApi(
+        "datamodules/normalization.py", "_storage_Use_Count", "torch._C:_storage_Use_Count", "same"
+    ),
+    PrivateApi("datamodules/normalization.py", "_cdata", "torch:UntypedStorage._cdata", "same"),
+    PrivateApi(
+        "datamodules/decoding.py",
+        "torch.ops.image",
+        "torchvision.io:decode_jpeg",
+        "torchvision's decode operator without its per-call deprecation warning",
+    ),
+    PrivateApi(
+        "datamodules/streaming.py",
+        "_reader.config._chunks",
+        "litdata:StreamingDataset",
+        "the chunk table, to check labels and sizes before training",
+    ),
+    PrivateApi(
+        "benchmarks/gpu_resnet50.py",
+        "_compiled_call_impl",
+        "torch.nn:Module",
+        "reports whether the backbone runs compiled",
+    ),
+    PrivateApi(
+        "benchmarks/lightning_overhead.py",
+        "_LoggerConnector",
+        "lightning.pytorch.trainer.connectors.logger_connector.logger_connector:_LoggerConnector",
+        "times Lightning's logging of step metrics",
+    ),
+)
 
 
 def tensorboard_file_writer(writer: SummaryWriter) -> Any:
     """The ``FileWriter`` of a torch ``SummaryWriter``, (re)opened if the writer was closed.
 
-    Private because ``SummaryWriter`` has no public method that writes a ready-made
-    ``Summary`` protobuf (the HParams plugin's experiment and session summaries); its
-    ``add_*`` methods each build their own. Its ``file_writer`` attribute is ``None`` once the
-    writer is closed (a logger finalised by an earlier ``fit``), which ``_get_file_writer``
-    repairs. Lightning's own ``TensorBoardLogger.log_hyperparams`` makes the same call.
-    Checked on torch 2.14.1 and lightning 2.6.6.
+    ``SummaryWriter`` has no public method that writes a ready-made ``Summary`` protobuf (the
+    HParams plugin's experiment and session summaries). Its ``file_writer`` attribute is
+    ``None`` once the writer is closed (a logger finalised by an earlier ``fit``), which
+    ``_get_file_writer`` repairs. Checked on torch 2.14.1 and lightning 2.6.6.
     """
     return writer._get_file_writer()
-
-
-def is_checkpoint_io_wrapper(io: object) -> bool:
-    """Whether ``io`` is a Lightning ``CheckpointIO`` that delegates to another one (such as
-    ``AsyncCheckpointIO``), whose ``checkpoint_io`` property then names the one it wraps.
-
-    Private because the wrappers' shared base class, ``_WrappingCheckpointIO``, is not
-    exported; ``AsyncCheckpointIO`` alone would miss user-defined wrappers.
-    Checked on lightning 2.6.6.
-    """
-    return isinstance(io, _WrappingCheckpointIO)
-
-
-def replace_wrapped_checkpoint_io(wrapper: CheckpointIO, inner: CheckpointIO) -> None:
-    """Make ``wrapper`` (see :func:`is_checkpoint_io_wrapper`) delegate to ``inner``.
-
-    Private because the public ``checkpoint_io`` setter ignores the new value once a base IO
-    is set, and the strategy sets Lightning's default ``TorchCheckpointIO`` as the base the
-    first time anyone reads ``strategy.checkpoint_io``. Checked on lightning 2.6.6
-    (``_WrappingCheckpointIO._checkpoint_io``).
-    """
-    if not is_checkpoint_io_wrapper(wrapper):
-        raise TypeError(f"{type(wrapper).__name__} is not a wrapping CheckpointIO")
-    wrapper._checkpoint_io = inner  # type: ignore[attr-defined]
-
-
-def load_module_state(
-    cls: type[pl.LightningModule],
-    checkpoint: dict[str, Any],
-    strict: bool | None = None,
-    **kwargs: Any,
-) -> pl.LightningModule:
-    """Build ``cls`` from a checkpoint dictionary already in memory, the way
-    ``LightningModule.load_from_checkpoint`` does after reading the file: hyper-parameters
-    (``kwargs`` win), LightningCLI's recorded instantiator, ``configure_model``,
-    ``on_load_checkpoint`` and ``load_state_dict(strict=...)``.
-
-    Private because the public ``load_from_checkpoint`` only takes a path or a file and reads
-    it itself, while ``ClassifierModule`` must read and check the file first (``weights_only``,
-    URLs fetched into memory, stored hyper-parameters vetted). Passing the checked dictionary
-    back as a buffer would serialise every tensor a second time.
-    Checked on lightning 2.6.6 (``lightning.pytorch.core.saving._load_state``).
-    """
-    return _load_state(cls, checkpoint, strict=strict, **kwargs)  # type: ignore[return-value]

@@ -6,8 +6,9 @@ Lightning alone gets wrong for classification:
 * evaluation under DDP counts every sample exactly once (Lightning's sampler pads with repeats);
 * checkpoints carry the random-number state, so a resumed run continues bit for bit;
 * loading a checkpoint never runs code from it (``weights_only`` loading, also of ``http(s)://``
-  URLs, and everything stored is plain tensors, lists and numbers), and saving one is atomic:
-  every Trainer run of the module uses :class:`~lit_classifiers.checkpoint_io.SafeCheckpointIO`;
+  URLs, and everything stored is plain tensors, lists and numbers), and saving one is atomic,
+  with :class:`~lit_classifiers.checkpoint_io.SafeCheckpointIO` as a Trainer plugin
+  (``Trainer(plugins=[SafeCheckpointIO()])``; the CLI always uses it);
 * weights that became NaN or infinite (a diverging run whose loss is still finite) stop the run
   at the end of the epoch, and such weights are never saved;
 * a non-finite loss or a ``num_classes`` that does not fit the data stops the run with an error
@@ -39,7 +40,7 @@ import math
 import os
 from collections.abc import Sequence
 from itertools import chain
-from typing import IO, Any, Literal, TypeVar
+from typing import IO, Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -47,7 +48,6 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, LearningRateFinder
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.rank_zero import rank_zero_deprecation
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -61,13 +61,10 @@ from datamodules.eval_views import EvalViews
 from datamodules.info import dataset_info
 from lit_classifiers.callbacks import ClassifierTensorBoard, check_finite_loss
 from lit_classifiers.checkpoint_io import (
-    RENAMED_HPARAMS,
     NonFiniteWeightsError,
     check_checkpoint_fits,
+    checked_classifier_checkpoint,
     first_non_finite,
-    install_safe_checkpoint_io,
-    load_classifier_checkpoint,
-    warn_renamed_hparam,
 )
 from lit_classifiers.eval_protocols import check_eval_protocol, protocol_logits, requested_views
 from lit_classifiers.exact_eval import EvalSampleCounter
@@ -87,12 +84,10 @@ __all__ = ["ClassifierModule"]
 RNG_KEY = "rng_states"
 
 # Not stored in the hyper-parameters: the callables are code, not data (checkpoints load with
-# weights_only), and the deprecated names are stored under their new ones. eval_protocol is a
-# choice of each evaluation, not of the trained weights: stored, ``test --ckpt_path`` would put
-# the checkpoint's value over the one given on its command line.
-_UNSAVED = ("optimizer", "lr_scheduler", "freeze_backbone", "backbone_lr_scale", "eval_protocol")
-
-_T = TypeVar("_T")
+# weights_only). eval_protocol is a choice of each evaluation, not of the trained weights:
+# stored, ``test --ckpt_path`` would put the checkpoint's value over the one given on its
+# command line.
+_UNSAVED = ("optimizer", "lr_scheduler", "eval_protocol")
 
 
 class ClassifierModule(pl.LightningModule):
@@ -149,8 +144,6 @@ class ClassifierModule(pl.LightningModule):
             averaged), ``"dense"`` (whole image at several scales and mirrored, the network
             applied convolutionally) or ``"dense:Q1,Q2,..."`` (those scales, in pixels); see
             :mod:`lit_classifiers.eval_protocols`. Not saved in checkpoints: pass it again.
-        freeze_backbone: Deprecated name of ``freeze_body``; removed in the next release.
-        backbone_lr_scale: Deprecated name of ``body_lr_scale``; removed in the next release.
     """
 
     def __init__(
@@ -181,13 +174,8 @@ class ClassifierModule(pl.LightningModule):
         compile: bool = False,
         predict_topk: int = 5,
         eval_protocol: str = "center",
-        freeze_backbone: bool | None = None,
-        backbone_lr_scale: float | None = None,
     ) -> None:
         super().__init__()
-        # Resolved before save_hyperparameters, which stores these locals under the new names.
-        freeze_body = _renamed("freeze_backbone", freeze_backbone, freeze_body, default=False)
-        body_lr_scale = _renamed("backbone_lr_scale", backbone_lr_scale, body_lr_scale, default=1.0)
         _check_arguments(
             num_classes=num_classes,
             class_names=class_names,
@@ -203,7 +191,6 @@ class ClassifierModule(pl.LightningModule):
         self.eval_protocol = check_eval_protocol(eval_protocol)
         unsaved = [*_UNSAVED, *(["backbone"] if isinstance(backbone, nn.Module) else [])]
         self.save_hyperparameters(ignore=unsaved)
-        self._store_resolved_names(freeze_body, body_lr_scale)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
 
@@ -232,13 +219,6 @@ class ClassifierModule(pl.LightningModule):
         self.train(self.training)  # puts a frozen body's norm layers in eval mode
 
     # ------------------------------------------------------------------------------ construction
-    def _store_resolved_names(self, freeze_body: bool, body_lr_scale: float) -> None:
-        # LightningCLI has save_hyperparameters store its parsed configuration rather than
-        # __init__'s locals, where a value given under a deprecated name is not yet renamed.
-        resolved = {"freeze_body": freeze_body, "body_lr_scale": body_lr_scale}
-        if any(self.hparams.get(name) != value for name, value in resolved.items()):
-            self.save_hyperparameters(resolved)  # also updates hparams_initial, which is logged
-
     def _freeze_body(self) -> None:
         for param in self.backbone.parameters():
             param.requires_grad_(False)
@@ -273,14 +253,6 @@ class ClassifierModule(pl.LightningModule):
                 "body_lr_scale need to know which layer is the classifier"
             )
         return get_classifier()
-
-    def classifier(self) -> nn.Module:
-        """Deprecated name of :meth:`get_classifier`; removed in the next release."""
-        rank_zero_deprecation(
-            "ClassifierModule.classifier() is deprecated and will be removed in the next "
-            "release: use ClassifierModule.get_classifier()"
-        )
-        return self.get_classifier()
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits; outside training mode the EMA weights answer when they are kept."""
@@ -321,15 +293,9 @@ class ClassifierModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------ checks
     def setup(self, stage: str) -> None:
-        """Catch a model built for other data before any step runs.
-
-        Also installs :class:`~lit_classifiers.checkpoint_io.SafeCheckpointIO`: Lightning calls
-        ``setup`` before it restores ``ckpt_path``, so the checkpoint is already read with
-        ``weights_only=True``.
-        """
+        """Catch a model built for other data before any step runs."""
         trainer = self._attached_trainer()
         if trainer is not None:  # None when setup() is called by hand
-            install_safe_checkpoint_io(trainer)
             # A LearningRateFinder searches in on_fit_start, before this module's on_fit_start.
             self._lr_search = stage == TrainerFn.FITTING and any(
                 isinstance(callback, LearningRateFinder) for callback in trainer.callbacks
@@ -590,37 +556,23 @@ class ClassifierModule(pl.LightningModule):
         weights_only: bool | None = True,
         **kwargs: Any,
     ) -> Self:
-        """Lightning's ``load_from_checkpoint`` made safe: the file (local, ``http(s)://`` or
-        any fsspec URL) is read once with ``weights_only=True``, and its hyper-parameters must
-        be plain data naming a registered backbone (see
-        :func:`~lit_classifiers.checkpoint_io.check_checkpoint_hparams`) before anything is
-        built from them. A checkpoint of a custom backbone needs ``backbone=<the module>``.
-        Checkpoints that stored the deprecated names ``freeze_backbone`` and
-        ``backbone_lr_scale`` load under the new ones."""
-        return load_classifier_checkpoint(
-            cls,
-            checkpoint_path,
-            map_location=map_location,
-            hparams_file=hparams_file,
-            strict=strict,
-            weights_only=weights_only,
-            **kwargs,
-        )
-
-
-# ---------------------------------------------------------------------------------- construction
-def _renamed(old: str, old_value: _T | None, new_value: _T, *, default: _T) -> _T:
-    """The value of a renamed argument, given by its deprecated name ``old`` or its new one."""
-    if old_value is None:
-        return new_value
-    warn_renamed_hparam(old)
-    if new_value != default and new_value != old_value:
-        new = RENAMED_HPARAMS[old]
-        raise ValueError(
-            f"ClassifierModule got {old}={old_value!r} and {new}={new_value!r}; {old} is the "
-            f"deprecated name of {new}: give only {new}"
-        )
-    return old_value
+        """Lightning's ``load_from_checkpoint(weights_only=True)``, after a check: the file
+        (local, ``http(s)://`` or any fsspec URL, downloaded within bounds) is read with
+        ``weights_only=True`` and its hyper-parameters must be plain data naming a registered
+        backbone (see :func:`~lit_classifiers.checkpoint_io.check_checkpoint_hparams`) before
+        anything is imported or built from them. A checkpoint of a custom backbone needs
+        ``backbone=<the module>``."""
+        with checked_classifier_checkpoint(
+            checkpoint_path, hparams_file, strict, weights_only, kwargs
+        ) as (local, checked_kwargs):
+            return super().load_from_checkpoint(
+                local,
+                map_location=map_location,
+                hparams_file=hparams_file,
+                strict=strict,
+                weights_only=True,
+                **checked_kwargs,
+            )
 
 
 def _check_arguments(

@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import fsspec.utils
 import torch
 from torch import Tensor, nn
 
@@ -89,19 +90,18 @@ def adapt_input_conv(weight: Tensor, in_channels: int) -> Tensor:
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """A backbone state_dict from a file: a plain state_dict, or a Lightning checkpoint of a
-    :class:`~lit_classifiers.ClassifierModule` (its EMA weights when it kept them, else its
-    ``backbone.`` weights)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle errors carry no file name; add it
-        raise ValueError(
-            f"cannot read weights file {str(path)!r} as a state_dict "
-            f"(it is loaded with weights_only=True): {error}"
-        ) from error
+    """A backbone state_dict from a file or URL (read as
+    :func:`~lit_classifiers.checkpoint_io.read_checkpoint` reads checkpoints): a plain
+    state_dict, or a Lightning checkpoint of a :class:`~lit_classifiers.ClassifierModule` (its
+    EMA weights when it kept them, else its ``backbone.`` weights)."""
+    from lit_classifiers.checkpoint_io import read_checkpoint
+
+    source = os.fspath(path)
+    if fsspec.utils.get_protocol(source) == "file" and not os.path.isfile(
+        source.removeprefix("file://")
+    ):
+        raise FileNotFoundError(f"weights file {source!r} does not exist")
+    loaded: object = read_checkpoint(source, map_location="cpu", kind="weights file")
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]
         # A module trained with an EMA was evaluated with the averaged weights: take those.
@@ -111,7 +111,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
                 break
     if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
         raise ValueError(
-            f"weights file {str(path)!r} holds a {type(loaded).__name__}, "
+            f"weights file {source!r} holds a {type(loaded).__name__}, "
             "expected a state_dict (a mapping of names to tensors)"
         )
     return {_strip_prefixes(key): value for key, value in loaded.items()}

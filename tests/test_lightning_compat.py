@@ -5,6 +5,7 @@ adapter function to update, instead of a training run failing somewhere in the m
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +18,12 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import AsyncCheckpointIO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import scalar
 
 from lit_classifiers import lightning_compat
 from lit_classifiers.checkpoint_io import CheckpointError, SafeCheckpointIO
-from lit_classifiers.lightning_compat import (
-    CHECKED_ON,
-    is_checkpoint_io_wrapper,
-    load_module_state,
-    replace_wrapped_checkpoint_io,
-)
+from lit_classifiers.lightning_compat import CHECKED_ON
 from lit_classifiers.module import ClassifierModule
 
 PACKAGE = Path(lightning_compat.__file__).parent
@@ -101,107 +96,116 @@ def test_tensorboard_file_writer_writes_summaries_also_after_close(tmp_path: Pat
 
 
 # --------------------------------------------------------------------------------- checkpoint IO
-def test_a_wrapped_checkpoint_io_can_be_replaced() -> None:
-    wrapper = AsyncCheckpointIO()
-    assert call("is_checkpoint_io_wrapper", wrapper), broken(
-        "is_checkpoint_io_wrapper", "AsyncCheckpointIO is not recognised as a wrapper"
-    )
-    assert not is_checkpoint_io_wrapper(TorchCheckpointIO())
-    trainer = make_trainer(plugins=[wrapper])
-    assert type(trainer.strategy.checkpoint_io.checkpoint_io) is TorchCheckpointIO
-    # Why the adapter exists. Should this fail, the public setter now replaces the base IO:
-    # use it in checkpoint_io.install_safe_checkpoint_io and remove the adapter.
-    wrapper.checkpoint_io = SafeCheckpointIO()
-    assert type(wrapper.checkpoint_io) is TorchCheckpointIO, (
-        "AsyncCheckpointIO.checkpoint_io's setter now replaces a configured base IO: replace "
-        "lightning_compat.replace_wrapped_checkpoint_io by it"
-    )
-
-    safe = SafeCheckpointIO()
-    call("replace_wrapped_checkpoint_io", wrapper, safe)
-    assert trainer.strategy.checkpoint_io.checkpoint_io is safe, broken(
-        "replace_wrapped_checkpoint_io", "the wrapper still delegates to its old base IO"
-    )
-    # The wrapper now loads through SafeCheckpointIO, which alone refuses weights_only=False.
+def test_safe_checkpoint_io_as_a_plugin_also_inside_a_wrapper(tmp_path: Path) -> None:
+    """Lightning's public seam: a wrapper such as AsyncCheckpointIO takes the IO it wraps."""
+    trainer = make_trainer(plugins=[AsyncCheckpointIO(SafeCheckpointIO())])
+    assert isinstance(trainer.strategy.checkpoint_io.checkpoint_io, SafeCheckpointIO)
     with pytest.raises(CheckpointError, match="weights_only=False is not supported"):
-        trainer.strategy.checkpoint_io.load_checkpoint("x.ckpt", weights_only=False)
-    with pytest.raises(TypeError, match="TorchCheckpointIO is not a wrapping CheckpointIO"):
-        replace_wrapped_checkpoint_io(TorchCheckpointIO(), safe)
+        trainer.strategy.checkpoint_io.load_checkpoint(tmp_path / "x.ckpt", weights_only=False)
+    assert type(make_trainer().strategy.checkpoint_io) is TorchCheckpointIO  # nothing installed
 
 
-# --------------------------------------------------------------------------------- loading
-class _Probe(pl.LightningModule):
-    def __init__(self, width: int = 2, tag: str = "default") -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.layer = nn.Linear(width, 1)
-        self.hook_saw: dict[str, Any] | None = None
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.hook_saw = checkpoint
+# --------------------------------------------------------------------------------- the list
+ROOT = PACKAGE.parent
+SCANNED = ("lit_classifiers", "datamodules", "benchmarks")
+OWN_PACKAGES = ("lit_classifiers", "datamodules", "benchmarks", "helpers")
 
 
-def _checkpoint(**hparams: Any) -> dict[str, Any]:
-    source = _Probe(width=3)
-    return {
-        "state_dict": source.state_dict(),
-        "hyper_parameters": {"width": 3, "tag": "stored", **hparams},
-        "pytorch-lightning_version": lightning.__version__,
-    }
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.endswith("__")
 
 
-@pytest.mark.parametrize("instantiator", [None, "lightning.pytorch.cli.instantiate_module"])
-def test_load_module_state_builds_the_module_from_a_checkpoint_in_memory(
-    instantiator: str | None,
-) -> None:
-    extra = {"_instantiator": instantiator} if instantiator else {}
-    checkpoint = _checkpoint(**extra)
-    model = call("load_module_state", _Probe, checkpoint, strict=True, tag="given")
-    assert isinstance(model, _Probe), broken("load_module_state", type(model))
-    assert (model.hparams.width, model.hparams.tag) == (3, "given")  # the caller's kwargs win
-    assert model.hook_saw is checkpoint, broken("load_module_state", "no on_load_checkpoint")
-    for key, value in checkpoint["state_dict"].items():
-        assert torch.equal(model.state_dict()[key], value), broken("load_module_state", key)
+def _own_names(files: list[Path]) -> set[str]:
+    """Private names the project defines itself (functions, classes, attributes it assigns)."""
+    names: set[str] = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+    names |= {path.stem for path in files}  # the benchmarks import _common, _data
+    return {name for name in names if _is_private(name)}
 
 
-def test_load_module_state_honours_strict() -> None:
-    checkpoint = _checkpoint()
-    checkpoint["state_dict"]["extra"] = torch.zeros(1)
-    with pytest.raises(RuntimeError, match="Unexpected key"):
-        load_module_state(_Probe, checkpoint, strict=True)
-    with pytest.warns(UserWarning, match="not in the model state dict"):
-        model = load_module_state(_Probe, checkpoint, strict=False)
-    assert model.layer.weight.shape == (1, 3)
-
-
-# --------------------------------------------------------------------------------- isolation
-def _private_lightning_imports(path: Path) -> list[str]:
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if not isinstance(node, ast.ImportFrom) or node.module is None:
+def _overridden_private_hooks(path: Path) -> set[str]:
+    """Private methods of another library that a class in ``path`` overrides."""
+    module_name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    if path.name == "__main__.py" or not module_name.startswith(("lit_classifiers", "datamod")):
+        return set()
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:  # an optional extra that is not installed (litdata, onnx ...)
+        return set()
+    found = set()
+    for cls in vars(module).values():
+        if not isinstance(cls, type) or cls.__module__ != module_name:
             continue
-        if node.module.split(".")[0] not in ("lightning", "pytorch_lightning", "torch"):
-            continue
-        private_module = any(part.startswith("_") for part in node.module.split("."))
-        names = [alias.name for alias in node.names if alias.name.startswith("_")]
-        if private_module or names:
-            found.append(f"{path.name}:{node.lineno} from {node.module} import {names or '...'}")
+        foreign = [b for b in cls.__mro__[1:] if not b.__module__.startswith(OWN_PACKAGES)]
+        found |= {
+            name
+            for name in vars(cls)
+            if _is_private(name)
+            and name != "_abc_impl"  # what abc.ABCMeta gives every subclass
+            and any(hasattr(base, name) for base in foreign)
+        }
     return found
 
 
-def test_private_lightning_names_are_used_in_the_adapter_only() -> None:
-    adapter_only = (
-        "._combined_loader",
-        "._get_file_writer",
-        "._checkpoint_io",
-        "._evaluation_loop",
+def _private_uses(path: Path, own: set[str]) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.startswith(OWN_PACKAGES) or node.level or node.module in own:
+                continue
+            if any(_is_private(part) for part in node.module.split(".")):
+                found.add(node.module)
+            found |= {alias.name for alias in node.names if _is_private(alias.name)}
+        elif isinstance(node, ast.Attribute):
+            if ast.unparse(node).startswith("torch.ops."):
+                found.add("torch.ops." + ast.unparse(node).split(".")[2])
+            if _is_private(node.attr) and node.attr not in own:
+                found.add(node.attr)
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) in ("getattr", "hasattr"):
+            name = node.args[1] if len(node.args) > 1 else None
+            text = name.value if isinstance(name, ast.Constant) else None
+            if isinstance(text, str) and _is_private(text) and text not in own:
+                found.add(text)
+    return found | _overridden_private_hooks(path)
+
+
+def test_every_private_api_used_is_listed_and_every_listed_one_is_used() -> None:
+    files = sorted(p for folder in SCANNED for p in (ROOT / folder).rglob("*.py"))
+    own = _own_names(files)
+    listed = lightning_compat.PRIVATE_APIS
+    unlisted = []
+    for path in files:
+        relative = path.relative_to(ROOT).as_posix()
+        names = [entry.name for entry in listed if entry.file == relative]
+        unlisted += [
+            f"{relative}: {use}"
+            for use in sorted(_private_uses(path, own))
+            if not any(use in name for name in names)
+        ]
+    assert unlisted == [], (
+        f"private APIs used but not listed in lightning_compat.PRIVATE_APIS: {unlisted}"
     )
-    offenders = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        if path.name == "lightning_compat.py":
-            continue
-        offenders += _private_lightning_imports(path)
-        text = path.read_text(encoding="utf-8")
-        offenders += [f"{path.name}: {name}" for name in adapter_only if name in text]
-    assert offenders == [], f"private Lightning/torch APIs outside lightning_compat: {offenders}"
-    assert _private_lightning_imports(PACKAGE / "lightning_compat.py")  # the check can see them
+    stale = [e for e in listed if e.name not in (ROOT / e.file).read_text(encoding="utf-8")]
+    assert stale == [], f"PRIVATE_APIS entries no longer used (delete them): {stale}"
+
+
+@pytest.mark.parametrize(
+    "entry", lightning_compat.PRIVATE_APIS, ids=[e.name for e in lightning_compat.PRIVATE_APIS]
+)
+def test_each_listed_private_api_exists_in_the_installed_versions(entry: Any) -> None:
+    module_name, _, attributes = entry.owner.partition(":")
+    module = pytest.importorskip(module_name)
+    found: Any = module
+    for attribute in attributes.split("."):
+        assert hasattr(found, attribute), (
+            f"{entry.owner} is gone (lightning {lightning.__version__}, torch "
+            f"{torch.__version__}): {entry.file} uses it ({entry.why}); update that code"
+        )
+        found = getattr(found, attribute)
