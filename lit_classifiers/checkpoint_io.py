@@ -333,12 +333,13 @@ def _refusal(error: pickle.UnpicklingError, what: str) -> CheckpointError:
     message = str(error)
     if "Weights only load failed" not in message:
         return CheckpointError(_damage(error, what))
-    # torch's own message recommends weights_only=False; we name what was asked for instead.
+    # torch's own message advises weights_only=False, which would run the file's code: we say
+    # instead what in the file is not allowed.
     found = re.search(r"GLOBAL ([\w.]+)", message)
-    needs = f" (it needs {found.group(1)})" if found else ""
+    held = f"{found.group(1)}, which is not" if found else "an object that is not"
     return UnsafeCheckpointError(
-        f"{what} holds objects other than tensors and plain data{needs}; it may "
-        "contain code and was refused: only checkpoints of tensors and plain data are loaded"
+        f"{what} holds {held} a tensor or plain data; it may contain code and was refused "
+        "(only tensors, numbers, strings, lists and dicts are loaded)"
     )
 
 
@@ -689,7 +690,11 @@ def _checked(
     stored_weights = isinstance(backbone_kwargs, Mapping) and "weights" in backbone_kwargs
     if stored_weights and "backbone_kwargs" not in kwargs:
         kwargs["backbone_kwargs"] = {k: v for k, v in backbone_kwargs.items() if k != "weights"}
-    token = _LOADING.set((source, strict, stored))
+    # The stored values before the caller's overrides name the model the checkpoint is of.
+    as_saved = {
+        k: v for name in (*CHECKPOINT_PAST_HPARAMS_KEYS, key) for k, v in _dict(checkpoint, name)
+    }
+    token = _LOADING.set((source, strict, as_saved))
     try:
         yield
     finally:
@@ -703,6 +708,11 @@ def _read_hparams_file(hparams_file: str | os.PathLike[str]) -> dict[str, Any]:
     if extension in ("yml", "yaml"):
         return load_hparams_from_yaml(hparams_file, use_omegaconf=False)
     raise ValueError(f"hparams_file must be .csv, .yml or .yaml, got {hparams_file}")
+
+
+def _dict(checkpoint: Mapping[str, Any], key: str) -> Iterable[tuple[str, Any]]:
+    found = checkpoint.get(key)
+    return found.items() if isinstance(found, Mapping) else ()
 
 
 def _checked_stored_hparams(

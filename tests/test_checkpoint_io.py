@@ -8,15 +8,15 @@ import subprocess
 import sys
 import time
 import uuid
-import warnings
 from pathlib import Path
+from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from helpers.modules import NUM_CLASSES, TinyNet, make_loader, make_trainer, sgd
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.plugins.io import AsyncCheckpointIO
 
 from lit_classifiers.checkpoint_io import (
     CheckpointError,
@@ -24,7 +24,6 @@ from lit_classifiers.checkpoint_io import (
     SafeCheckpointIO,
     UnsafeCheckpointError,
     check_checkpoint_hparams,
-    default_map_location,
     read_checkpoint,
 )
 from lit_classifiers.module import ClassifierModule
@@ -48,10 +47,15 @@ def one_line(error: pytest.ExceptionInfo[BaseException]) -> str:
     return message
 
 
+def safe_trainer(**kwargs: Any) -> pl.Trainer:
+    """A test trainer with SafeCheckpointIO as its plugin, as the README tells Python users."""
+    return make_trainer(plugins=[SafeCheckpointIO()], **kwargs)
+
+
 def fit_tiny(tmp_path: Path, name: str = "good") -> Path:
     model = ClassifierModule(TinyNet(), num_classes=NUM_CLASSES, optimizer=sgd)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename=name)
-    trainer = make_trainer(callbacks=[checkpoint], enable_checkpointing=True, limit_train_batches=2)
+    trainer = safe_trainer(callbacks=[checkpoint], enable_checkpointing=True, limit_train_batches=2)
     trainer.fit(model, make_loader(16), make_loader(8))
     assert isinstance(trainer.strategy.checkpoint_io, SafeCheckpointIO)
     return tmp_path / "ckpt" / f"{name}.ckpt"
@@ -97,7 +101,7 @@ def test_payload_served_over_http_never_runs(
     for _ in range(2):  # a cache would show on the second round
         model = ClassifierModule(TinyNet(), num_classes=NUM_CLASSES, optimizer=sgd)
         for run in ("fit", "validate", "test", "predict"):
-            trainer = make_trainer(max_epochs=2)
+            trainer = safe_trainer(max_epochs=2)
             kwargs = {} if run in ("fit", "predict") else {"verbose": False}
             with pytest.raises(CheckpointError, match="may contain code"):
                 getattr(trainer, run)(model, make_loader(8), ckpt_path=url, **kwargs)
@@ -124,7 +128,7 @@ def test_good_checkpoint_over_http_loads(
     assert torch.equal(loaded.backbone.fc.weight, local["state_dict"]["backbone.fc.weight"])
 
     model = ClassifierModule(TinyNet(), num_classes=NUM_CLASSES, optimizer=sgd)
-    make_trainer().validate(model, make_loader(8), ckpt_path=url, verbose=False)
+    safe_trainer().validate(model, make_loader(8), ckpt_path=url, verbose=False)
     assert torch.equal(model.backbone.fc.weight, local["state_dict"]["backbone.fc.weight"])
 
     with pytest.raises(CheckpointError, match=r"missing\.ckpt does not exist") as error:
@@ -195,7 +199,7 @@ def test_unusable_checkpoint_files_give_one_line(
     one_line(error)
     model = ClassifierModule(TinyNet(), num_classes=NUM_CLASSES)
     with pytest.raises(CheckpointError, match=expected) as error:
-        make_trainer().validate(model, make_loader(8), ckpt_path=bad, verbose=False)
+        safe_trainer().validate(model, make_loader(8), ckpt_path=bad, verbose=False)
     one_line(error)
 
 
@@ -250,62 +254,12 @@ def test_checkpoint_of_another_model_gives_one_line(tmp_path: Path) -> None:
     make_trainer(max_epochs=2, limit_train_batches=1).fit(model, make_loader(8), ckpt_path=tiny)
 
 
-@pytest.mark.filterwarnings("ignore:Found .* module.s. in eval mode")
-def test_checkpoint_with_the_old_argument_names_loads_under_the_new_ones(tmp_path: Path) -> None:
-    model = ClassifierModule("resnet20", num_classes=NUM_CLASSES, optimizer=sgd, freeze_body=True)
-    trainer = make_trainer(max_steps=1)
-    trainer.fit(model, make_loader(4))
-    trainer.save_checkpoint(tmp_path / "new.ckpt")
-    checkpoint = torch.load(tmp_path / "new.ckpt", weights_only=True)
-    hparams = checkpoint["hyper_parameters"]
-    assert hparams["freeze_body"] is True and hparams["body_lr_scale"] == 1.0
-    assert not {"freeze_backbone", "backbone_lr_scale"} & set(hparams)
-    # What a checkpoint saved before the rename holds.
-    hparams["freeze_backbone"] = hparams.pop("freeze_body")
-    hparams.pop("body_lr_scale")
-    hparams["backbone_lr_scale"] = 0.25
-    old = tmp_path / "old.ckpt"
-    torch.save(checkpoint, old)
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        loaded = ClassifierModule.load_from_checkpoint(old)
-    # Silent: whoever loads an old checkpoint has nothing to change.
-    assert not [w for w in caught if "deprecated" in str(w.message)], caught
-    assert loaded.hparams.freeze_body is True and loaded.hparams.body_lr_scale == 0.25
-    assert not {"freeze_backbone", "backbone_lr_scale"} & set(loaded.hparams)
-    trainable = [n for n, p in loaded.backbone.named_parameters() if p.requires_grad]
-    assert trainable == ["fc.weight", "fc.bias"]
-    for key, value in checkpoint["state_dict"].items():
-        assert torch.equal(loaded.state_dict()[key], value), key
-
-    # A caller's override under an old name wins over the stored value, with a warning.
-    with pytest.warns(DeprecationWarning, match=r"'freeze_backbone' is deprecated.*'freeze_body'"):
-        unfrozen = ClassifierModule.load_from_checkpoint(old, freeze_backbone=False)
-    assert unfrozen.hparams.freeze_body is False
-    assert all(p.requires_grad for p in unfrozen.backbone.parameters())
-    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="give only"):
-        ClassifierModule.load_from_checkpoint(old, backbone_lr_scale=0.5, body_lr_scale=0.1)
-    # And an old checkpoint resumes a fit.
-    make_trainer(max_steps=2).fit(loaded, make_loader(4), ckpt_path=old)
-
-
 def test_bare_weights_file_is_named_as_such(tmp_path: Path) -> None:
     weights = tmp_path / "weights.pt"
     torch.save(ClassifierModule(TinyNet(), num_classes=NUM_CLASSES).state_dict(), weights)
     with pytest.raises(CheckpointError, match=r"has no state_dict: it is not a Lightning") as error:
         ClassifierModule.load_from_checkpoint(weights, backbone=TinyNet())
     assert str(weights) in one_line(error)
-
-
-def test_default_map_location_moves_only_storages_of_missing_devices() -> None:
-    storage = torch.zeros(2).untyped_storage()
-    assert default_map_location(storage, "cpu") is None  # torch.load's own placement
-    moved = default_map_location(storage, "cuda:0")
-    if torch.cuda.is_available():
-        assert moved is None
-    else:
-        assert moved is not None and moved.device.type == "cpu"
 
 
 # ------------------------------------------------------------------------------------------ hparams
@@ -394,19 +348,17 @@ def test_dangerous_hparams_are_refused_before_any_import(tmp_path: Path) -> None
 
 
 # ------------------------------------------------------------------------------------------ wiring
-def test_module_installs_safe_io_and_respects_a_custom_one() -> None:
+def test_module_leaves_the_trainers_checkpoint_io_alone() -> None:
+    """The plugin is the user's (or the CLI's) choice; the module never swaps it in setup."""
     model = ClassifierModule(TinyNet(), num_classes=NUM_CLASSES, optimizer=sgd)
-    trainer = make_trainer(plugins=[AsyncCheckpointIO()], limit_train_batches=1)
-    trainer.fit(model, make_loader(8))
-    assert isinstance(trainer.strategy.checkpoint_io.checkpoint_io, SafeCheckpointIO)
 
     class MyIO(TorchCheckpointIO):
         pass
 
-    trainer = make_trainer(plugins=[MyIO()], limit_train_batches=1)
-    with pytest.warns(UserWarning, match=r"own checkpoint IO \(MyIO\)"):
+    for io, expected in [(None, TorchCheckpointIO), (MyIO(), MyIO)]:
+        trainer = make_trainer(plugins=[io] if io else None, limit_train_batches=1)
         trainer.fit(model, make_loader(8))
-    assert type(trainer.strategy.checkpoint_io) is MyIO
+        assert type(trainer.strategy.checkpoint_io) is expected
 
 
 # ------------------------------------------------------------------------------------------ saving

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
-from helpers.cli import SCRIPT, TINY, run, run_dirs
 from helpers.modules import NUM_CLASSES, TinyNet, make_loader, make_tensors, make_trainer, sgd
 from lightning.pytorch.callbacks import Callback
 from torch import nn
@@ -159,84 +155,15 @@ def test_body_lr_scale_gives_the_body_a_smaller_rate() -> None:
     assert members["body_no_decay"] == {id(model.backbone.bn.weight), id(model.backbone.bn.bias)}
 
 
-def _our_deprecations(caught: list[warnings.WarningMessage]) -> list[str]:
-    return [
-        str(w.message)
-        for w in caught
-        if issubclass(w.category, DeprecationWarning) and "ClassifierModule" in str(w.message)
-    ]
-
-
-@pytest.mark.filterwarnings("ignore:Found 1 module.s. in eval mode")
-def test_deprecated_argument_names_work_warn_and_are_stored_under_the_new_names() -> None:
-    with pytest.warns(DeprecationWarning, match=r"'freeze_backbone' is deprecated.*'freeze_body'"):
-        frozen = ClassifierModule(
-            TinyNet(), num_classes=NUM_CLASSES, optimizer=sgd, freeze_backbone=True
-        )
-    net = frozen.backbone
-    assert [n for n, p in net.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
-    assert not net.bn.training  # the frozen body's BN keeps its statistics
-    assert frozen.hparams.freeze_body is True and "freeze_backbone" not in frozen.hparams
-    assert frozen.hparams_initial.freeze_body is True  # what loggers record
-
-    with pytest.warns(
-        DeprecationWarning, match=r"'backbone_lr_scale' is deprecated.*'body_lr_scale'"
-    ):
-        scaled = ClassifierModule(
-            TinyNet(), num_classes=NUM_CLASSES, optimizer=sgd, backbone_lr_scale=0.1
-        )
-    assert scaled.hparams.body_lr_scale == 0.1 and "backbone_lr_scale" not in scaled.hparams
-    optimizer = scaled.configure_optimizers()["optimizer"]
-    rates = {g["name"]: g["lr"] for g in optimizer.param_groups}
-    assert rates == pytest.approx({"classifier": 0.05, "body": 0.005})
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ClassifierModule(TinyNet(), num_classes=NUM_CLASSES, freeze_body=True, body_lr_scale=0.5)
-    assert _our_deprecations(caught) == []
-
-
-def test_deprecated_and_new_name_with_different_values_are_refused() -> None:
-    with (
-        pytest.warns(DeprecationWarning),
-        pytest.raises(
-            ValueError,
-            match=r"got backbone_lr_scale=0\.5 and body_lr_scale=0\.1; backbone_lr_scale is the "
-            r"deprecated name of body_lr_scale: give only body_lr_scale",
-        ),
-    ):
-        ClassifierModule(
-            TinyNet(), num_classes=NUM_CLASSES, body_lr_scale=0.1, backbone_lr_scale=0.5
-        )
-    with pytest.warns(DeprecationWarning):  # the same value under both names is no conflict
-        model = ClassifierModule(
-            TinyNet(), num_classes=NUM_CLASSES, freeze_body=True, freeze_backbone=True
-        )
-    assert model.hparams.freeze_body is True
-
-
-def test_get_classifier_is_the_final_linear_and_classifier_is_its_deprecated_name() -> None:
+def test_the_pre_release_names_are_gone_and_get_classifier_is_the_final_linear() -> None:
+    # 0.1.0 had no released users: the names freeze_backbone, backbone_lr_scale and
+    # classifier() were removed rather than kept as deprecated aliases.
+    for old in ({"freeze_backbone": True}, {"backbone_lr_scale": 0.1}):
+        with pytest.raises(TypeError, match=next(iter(old))):
+            ClassifierModule(TinyNet(), num_classes=NUM_CLASSES, **old)
     model = ClassifierModule(TinyNet(), num_classes=NUM_CLASSES)
     assert model.get_classifier() is model.backbone.fc
-    with pytest.warns(DeprecationWarning, match=r"classifier\(\) is deprecated.*get_classifier"):
-        assert model.classifier() is model.backbone.fc
-
-
-def test_cli_accepts_the_deprecated_flag_warns_and_stores_the_new_name(tmp_path: Path) -> None:
-    result = run(SCRIPT, "fit", *TINY, "--model.freeze_backbone=true", cwd=tmp_path)
-    assert "'freeze_backbone' is deprecated" in result.stderr, result.stderr[-3000:]
-    assert "use 'freeze_body'" in result.stderr
-    (run_dir,) = run_dirs(tmp_path)
-    stored = yaml.safe_load((run_dir / "hparams.yaml").read_text())
-    assert stored["freeze_body"] is True and "freeze_backbone" not in stored
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    hparams = checkpoint["hyper_parameters"]
-    assert hparams["freeze_body"] is True and "freeze_backbone" not in hparams
-    # The body was frozen: the optimizer only had the classifier's parameters.
-    (optimizer_state,) = checkpoint["optimizer_states"]
-    assert [g["name"] for g in optimizer_state["param_groups"]] == ["classifier"]
-    loaded = ClassifierModule.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    assert loaded.hparams.freeze_body is True
+    assert not hasattr(model, "classifier")
 
 
 class _LearningRates(Callback):
