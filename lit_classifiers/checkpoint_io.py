@@ -143,7 +143,8 @@ def local_checkpoint_file(source: str, *, kind: str = "checkpoint") -> Iterator[
         target = os.path.join(folder, "download")
         links = source.split("::")
         if fsspec.utils.get_protocol(links[-1]) in ("http", "https"):
-            _download_http(links[-1], target, f"{kind} {source}")
+            is_whole = len(links) == 1  # else an archive or index holding the checkpoint
+            _download_http(links[-1], target, f"{kind} {source}", checkpoint=is_whole)
             if len(links) == 1:
                 yield target
                 return
@@ -166,7 +167,7 @@ def _download_limits() -> tuple[int, float]:
         ) from None
 
 
-def _download_http(url: str, target: str, what: str) -> None:
+def _download_http(url: str, target: str, what: str, checkpoint: bool = True) -> None:
     limit, timeout = _download_limits()
     request = urllib.request.Request(url, headers={"User-Agent": "lit-classifiers"})
     try:
@@ -186,7 +187,8 @@ def _download_http(url: str, target: str, what: str) -> None:
         announced = response.headers.get("Content-Length")
         if announced and announced.isdigit() and int(announced) > limit:
             raise CheckpointError(_too_large(what, f"announces {_size(int(announced))}", limit))
-        _copy(response, target, what, limit, timeout)
+        # read1: what has arrived, so that a stall is noticed and counted chunk by chunk
+        _copy(response.read1, target, what, (limit, timeout), checkpoint)
 
 
 def _copy_fsspec(url: str, target: str, what: str) -> None:
@@ -211,7 +213,7 @@ def _copy_fsspec(url: str, target: str, what: str) -> None:
         if size is not None and size > limit:
             raise CheckpointError(_too_large(what, f"is {_size(size)}", limit))
         with fs.open(path, "rb") as handle:
-            _copy(handle, target, what, limit, timeout)
+            _copy(handle.read, target, what, (limit, timeout))
     except FileNotFoundError:
         raise CheckpointError(f"{what} does not exist (not found)") from None
     except CheckpointError:
@@ -222,13 +224,24 @@ def _copy_fsspec(url: str, target: str, what: str) -> None:
         ) from None
 
 
-def _copy(source: IO[bytes], target: str, what: str, limit: int, timeout: float) -> None:
-    received = 0
+def _copy(
+    read: Callable[[int], bytes],
+    target: str,
+    what: str,
+    limits: tuple[int, float],
+    checkpoint: bool = True,
+) -> None:
+    """Copy what ``read`` returns to ``target``, at most ``limits[0]`` bytes; a ``checkpoint``'s
+    first bytes are checked as they arrive, so a web page or garbage stops the copy at once."""
+    limit, timeout = limits
+    received, head = 0, b""
     try:
         with open(target, "wb") as out:
-            while chunk := source.read(_CHUNK):
-                if received == 0:
-                    _check_header(chunk[:64], what)  # a web page or garbage: stop at once
+            while chunk := read(_CHUNK):
+                if checkpoint and len(head) < 64:
+                    head += chunk[: 64 - len(head)]
+                    if len(head) == 64:
+                        _check_header(head, what)
                 received += len(chunk)
                 if received > limit:
                     raise CheckpointError(_too_large(what, "sends more", limit))
@@ -244,8 +257,8 @@ def _copy(source: IO[bytes], target: str, what: str, limit: int, timeout: float)
         raise CheckpointError(
             f"cannot download {what}: {type(error).__name__}: {_one_line(error)}"
         ) from None
-    if received == 0:
-        _check_header(b"", what)
+    if checkpoint and len(head) < 64:
+        _check_header(head, what)
 
 
 def _too_large(what: str, how: str, limit: int) -> str:
