@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import lightning
 import pytest
 import torch
@@ -206,8 +207,11 @@ def test_chained_fsspec_urls_open_the_file_they_name(
     (tmp_path / "refs.json").write_text(
         json.dumps({"version": 1, "refs": {"good.ckpt": [str(good)]}})
     )
+    with fsspec.open("memory://runs/good.ckpt", "wb") as memory:
+        memory.write(good.read_bytes())
     urls = [
         f"zip://good.ckpt::file://{tmp_path}/a.zip",
+        "memory://runs/good.ckpt",
         f"zip://good.ckpt::{tmp_path}/a.zip",
         f"tar://inner/good.ckpt::{base}/a.tar",
         f"reference://good.ckpt::file://{tmp_path}/refs.json",
@@ -220,7 +224,7 @@ def test_chained_fsspec_urls_open_the_file_they_name(
     assert torch.equal(model.backbone.fc.weight, expected["backbone.fc.weight"])
     fresh = ClassifierModule("resnet20", num_classes=NUM_CLASSES)
     make_trainer(plugins=[SafeCheckpointIO()]).validate(
-        fresh, make_loader(4), ckpt_path=urls[2], verbose=False
+        fresh, make_loader(4), ckpt_path=urls[3], verbose=False
     )
     assert torch.equal(fresh.backbone.fc.weight, expected["backbone.fc.weight"])
 
