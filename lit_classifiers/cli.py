@@ -60,7 +60,6 @@ import datamodules  # (makes the datamodules known to ``--data NAME``)
 from lit_classifiers.callbacks import NonFiniteLossError
 from lit_classifiers.checkpoint_io import (
     NonFiniteWeightsError,
-    SafeCheckpointIO,
     stored_model_hparams,
 )
 from lit_classifiers.module import ClassifierModule
@@ -965,7 +964,7 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> ClassifierC
         save_config_callback=RunConfigCallback,
         parser_class=ConciseArgumentParser,
         trainer_defaults={
-            "plugins": [SafeCheckpointIO()],
+            "plugins": [{"class_path": "lit_classifiers.checkpoint_io.SafeCheckpointIO"}],
             "logger": {
                 "class_path": "lit_classifiers.callbacks.ClassifierTensorBoardLogger",
                 "init_args": {"save_dir": "runs", "name": None, "default_hp_metric": False},

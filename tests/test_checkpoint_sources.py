@@ -280,3 +280,14 @@ def test_lightnings_legacy_hparams_keys_are_vetted_and_import_nothing(
         ClassifierModule.load_from_checkpoint(path)
     one_line(error)
     assert module not in sys.modules and not marker.exists()
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def test_the_cli_trainer_reads_and_writes_checkpoints_through_safe_checkpoint_io() -> None:
+    from lit_classifiers.cli import cli_main
+
+    args = ["--model.backbone=resnet20", "--data=DigitsDataModule", "--data.image_size=8"]
+    cli = cli_main(args, run=False)
+    assert type(cli.trainer.strategy.checkpoint_io) is SafeCheckpointIO
+    # A class path, not an instance: the run's config.yaml can be given back with --config.
+    assert cli.config.trainer.plugins[0].class_path.endswith("checkpoint_io.SafeCheckpointIO")
