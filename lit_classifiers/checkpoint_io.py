@@ -493,8 +493,9 @@ def first_non_finite(tensors: Iterable[tuple[str, Any]]) -> tuple[str, str] | No
 
 # ------------------------------------------------------------------------------------------ the IO
 class SafeCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` that loads with ``weights_only=True`` only (remote files through
-    fsspec, in memory), never saves non-finite weights and saves atomically: a temporary file
+    """``TorchCheckpointIO`` that loads with ``weights_only=True`` only (URLs as
+    :func:`read_checkpoint` reads them), never saves non-finite weights and saves atomically,
+    given as a Trainer plugin: ``Trainer(plugins=[SafeCheckpointIO()])``. A temporary file
     in the destination folder is written, flushed, fsync'ed and renamed onto the final name,
     so a checkpoint on disk is always either the previous one or the complete new one."""
 
