@@ -762,7 +762,7 @@ def check_checkpoint_fits(
     ``module`` (wrong backbone or number of classes, other shapes, missing or extra tensors
     under strict loading), instead of ``load_state_dict``'s page of size mismatches.
 
-    Inside :func:`load_classifier_checkpoint` it names that call's source and honours its
+    Inside ``ClassifierModule.load_from_checkpoint`` it names that call's source and honours its
     ``strict``; otherwise (a Trainer restoring ``ckpt_path``) it names ``ckpt_path``.
     """
     loading = _LOADING.get()
