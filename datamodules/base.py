@@ -419,7 +419,7 @@ class FileImageDataModule(ImageClassificationDataModule):
         return self._eval_resize_size
 
     def _cache_dirs(self) -> list[Path]:
-        return [Path(self.cache_dir)] if self.cache_dir else default_cache_dirs(self.data_dir)
+        return [Path(self.cache_dir)] if self.cache_dir else default_cache_dirs()
 
     def _file_dataset(
         self, root: str | Path, paths: np.ndarray, labels: np.ndarray, train: bool

@@ -7,6 +7,11 @@ the files: adding, removing or renaming a file changes the mtime of the folder h
 cache records every folder's mtime plus the number of entries at the top. Checking that costs
 one ``stat`` per folder (about a thousand for ImageNet) instead of a million directory entries.
 
+The cache lives in the user's cache folder (:func:`user_cache_dir`), keyed by the folder's
+resolved path, never in the dataset folder: data folders are often read-only or shared. A cache
+is input too (a hostile one may be planted where it is read): one that lists a path leaving its
+folder (``..``, an absolute path, a hidden component) is ignored and the folder listed again.
+
 A folder modified within a couple of seconds of the scan is not trusted (file systems with
 coarse timestamps could hide a later change behind an unchanged mtime; git's index has the same
 "racy" rule), so such a cache is rebuilt on the next run, after which it is stable.
@@ -44,12 +49,15 @@ __all__ = [
     "index_images",
     "is_image_file",
     "list_class_dirs",
+    "user_cache_dir",
 ]
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 )
 _CACHE_VERSION = 1
+#: Overrides where lit-classifiers keeps its caches (default: see :func:`user_cache_dir`).
+CACHE_ENV = "LIT_CLASSIFIERS_CACHE"
 # Folder mtimes this close to the scan are ambiguous on file systems with coarse timestamps.
 _RACY_NS = 2_000_000_000
 
@@ -133,10 +141,19 @@ def _scan(root: Path) -> tuple[np.ndarray, list[str], list[int], int]:
     return paths, dirs, mtimes, _count_entries(root)
 
 
-def default_cache_dirs(data_dir: str | Path) -> list[Path]:
-    """Where index caches go: beside the data if writable, else the user's cache folder."""
+def user_cache_dir() -> Path:
+    """``$LIT_CLASSIFIERS_CACHE``, else ``$XDG_CACHE_HOME/lit_classifiers``, else
+    ``~/.cache/lit_classifiers``."""
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return [Path(data_dir) / ".lit_classifiers_cache", Path(base) / "lit_classifiers"]
+    return Path(base) / "lit_classifiers"
+
+
+def default_cache_dirs() -> list[Path]:
+    """Where index caches go by default: the user's cache folder, never the dataset's."""
+    return [user_cache_dir() / "index"]
 
 
 def _cache_file(cache_dir: Path, root: Path) -> Path:
@@ -144,11 +161,30 @@ def _cache_file(cache_dir: Path, root: Path) -> Path:
     return cache_dir / f"index-{key}.npz"
 
 
+def _inside(paths: np.ndarray) -> bool:
+    """Whether every path is a sorted, relative ``a/b/c`` path of non-hidden components: no
+    ``..``, ``.``, empty or absolute component can take a read outside the folder."""
+    if paths.dtype.kind != "S":
+        return False
+    if len(paths) == 0:
+        return True
+    slashed = np.strings.add(b"/", paths)
+    leaves = (
+        (np.strings.find(slashed, b"/.") >= 0)
+        | (np.strings.find(slashed, b"//") >= 0)
+        | np.strings.endswith(slashed, b"/")
+    )
+    return not leaves.any() and bool(np.all(paths[1:] > paths[:-1]))
+
+
 def _load_cache(file: Path, root: Path) -> np.ndarray | None:
     try:
         with np.load(file, allow_pickle=False) as z:
             if int(z["version"]) != _CACHE_VERSION or str(z["root"]) != os.fspath(root):
                 return None
+            dirs = np.array([os.fsencode(d) for d in z["dirs"].tolist() if d], dtype=np.bytes_)
+            if not _inside(z["paths"]) or not _inside(np.sort(dirs)):
+                return None  # planted or damaged: list the folder again
             started = int(z["scan_started_ns"])
             if int(z["root_count"]) != _count_entries(root):
                 return None
@@ -181,8 +217,8 @@ def _save_cache(file: Path, arrays: dict[str, np.ndarray]) -> None:
 def index_images(root: str | Path, cache_dirs: list[Path] | None = None) -> ImageIndex:
     """List the images under ``root``, from the cache when the folders are unchanged.
 
-    ``cache_dirs`` are tried in order for reading and writing; an unwritable one (read-only
-    dataset mounts are common) is skipped. ``None`` or ``[]`` disables caching.
+    ``cache_dirs`` are tried in order for reading and writing; an unwritable one is skipped.
+    ``None`` or ``[]`` disables caching. A cache listing a path outside ``root`` is ignored.
     """
     root = Path(root).resolve()
     if not root.is_dir():

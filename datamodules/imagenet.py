@@ -26,13 +26,16 @@ The label files are read in :mod:`datamodules.imagenet_files` and the archives u
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from lightning.pytorch.utilities import rank_zero_warn
 
 from datamodules.base import DecodeDevice, FileImageDataModule
@@ -89,6 +92,26 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # ---------------------------------------------------------------------------- datamodule
+@contextlib.contextmanager
+def _announced_wait(lock: FileLock) -> Iterator[None]:
+    """Hold ``lock``, saying once (on stderr) that this process waits when another holds it:
+    unpacking ImageNet takes many minutes, which would otherwise pass in silence."""
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(
+            f"waiting for {lock.lock_file}: another process is unpacking the ImageNet archives "
+            "beside it; this one continues when that has finished",
+            file=sys.stderr,
+            flush=True,
+        )
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 class ImageNetDataModule(FileImageDataModule):
     """ImageNet-1k classification from any of the layouts in :mod:`datamodules.imagenet`.
 
@@ -106,8 +129,9 @@ class ImageNetDataModule(FileImageDataModule):
             0 validates on the official validation set.
         on_bad_image: ``"error"`` raises on an undecodable file naming it; ``"skip"`` drops
             such files with a warning that counts them.
-        cache_dir: Where file-index caches go; default ``data_dir/.lit_classifiers_cache``, or
-            ``~/.cache/lit_classifiers`` when ``data_dir`` is read-only.
+        cache_dir: Where file-index caches go; default ``$LIT_CLASSIFIERS_CACHE/index``, else
+            ``$XDG_CACHE_HOME/lit_classifiers/index`` or ``~/.cache/lit_classifiers/index``
+            (never inside ``data_dir``).
         verify_archives: Check the published md5 of ``ILSVRC2012_img_train.tar``,
             ``ILSVRC2012_img_val.tar`` and ``ILSVRC2012_devkit_t12.tar.gz`` before
             ``prepare_data`` extracts them (minutes for the 138 GB train archive; a success is
@@ -292,7 +316,7 @@ class ImageNetDataModule(FileImageDataModule):
             # that waited finds the folders the first made (its extraction would remove them).
             lock = layout.root / PREPARE_LOCK
             try:
-                with FileLock(lock):
+                with _announced_wait(FileLock(lock)):
                     self._layout = None
                     self._extract_archives(self.layout)
             finally:

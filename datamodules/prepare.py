@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.metadata
 import io
 import json
 import multiprocessing
@@ -37,6 +38,9 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -100,6 +104,9 @@ class FileSamples:
         hasher.update(np.ascontiguousarray(self.dataset.paths).tobytes())
         hasher.update(np.asarray(self.dataset.labels, dtype=np.int64).tobytes())
 
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.dataset.labels, dtype=np.int64)
+
     def __call__(self, index: int) -> dict[str, Any]:
         path = self.dataset.path(index)
         with open(path, "rb") as handle:
@@ -134,6 +141,10 @@ class ArraySamples:
         hasher.update(self.name.encode())
         hasher.update(np.asarray(self.dataset.indices, dtype=np.int64).tobytes())
         hasher.update(np.asarray(self.dataset.labels, dtype=np.int64).tobytes())
+
+    def labels(self) -> np.ndarray:
+        indices = np.asarray(self.dataset.indices, dtype=np.int64)
+        return np.asarray(self.dataset.labels, dtype=np.int64)[indices]
 
     def pixels(self, index: int) -> np.ndarray:
         source = int(self.dataset.indices[index])
@@ -187,10 +198,17 @@ def _read_json(path: Path) -> Any:
 
 
 def _write_json(path: Path, content: Any) -> None:
-    """Whole or not at all: a reader never sees half a file."""
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    partial.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    """Whole or not at all: a reader never sees half a file. The temporary file is created
+    with a fresh name (``mkstemp``: exclusively), so a planted link is never written through."""
+    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(content, indent=2) + "\n")
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
 
 
 def _start_method() -> str:
@@ -206,6 +224,14 @@ def _error_summary(text: str) -> str:
     return summary.strip().rstrip(".")
 
 
+def _stop_with_parent(parent: int) -> None:
+    """Kill this job's whole process group once ``parent`` has gone: a ``kill -9`` of
+    ``prepare`` runs none of its cleanup, and the job would otherwise convert on to the end."""
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os.killpg(0, signal.SIGKILL)
+
+
 def _run_optimize(
     writer: _CountingWriter,
     count: int,
@@ -214,9 +240,11 @@ def _run_optimize(
     chunk_bytes: int,
     method: str,
     report: Any,
+    parent: int,
 ) -> None:
     """The conversion job, in a process of its own session (see :func:`_optimize`)."""
     os.setsid()
+    threading.Thread(target=_stop_with_parent, args=(parent,), daemon=True).start()
     from litdata import optimize
 
     try:
@@ -250,6 +278,7 @@ def _optimize(
     It runs in a child process that leads its own process group, and the whole group is killed
     when the job ends, fails or is interrupted: when one of litdata's workers fails, it
     terminates the others, whose own helper processes would otherwise be left running forever.
+    The group also kills itself when this process dies without cleaning up (``kill -9``).
     That child also keeps litdata's process-wide settings (the start method) out of this one.
     """
     from tqdm.auto import tqdm
@@ -268,6 +297,7 @@ def _optimize(
             chunk_bytes,
             method,
             send,
+            os.getpid(),
         ),
         name="lit-classifiers-prepare",
     )
@@ -343,8 +373,6 @@ def _metadata(
 ) -> dict[str, Any]:
     import litdata
 
-    from lit_classifiers import __version__
-
     info = datamodule.info
     hparams = {
         key: value
@@ -366,8 +394,16 @@ def _metadata(
         "raw_shape": raw_shape,
         "splits": splits,
         "source": {"datamodule": type(datamodule).__name__, "hparams": hparams},
-        "written_by": {"lit_classifiers": __version__, "litdata": litdata.__version__},
+        "written_by": {"lit_classifiers": _installed_version(), "litdata": litdata.__version__},
     }
+
+
+def _installed_version() -> str | None:
+    """lit-classifiers' installed version, read without importing the model package."""
+    try:
+        return importlib.metadata.version("lit-classifiers")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return None
 
 
 def _require_litdata() -> None:
@@ -411,6 +447,17 @@ def _check_separate(datamodule: ImageClassificationDataModule, output: Path) -> 
         )
 
 
+def _label_counts(samples: Any, num_classes: int, split: str) -> list[int]:
+    """Samples per class, which the reader checks against the class list at setup."""
+    labels = samples.labels()
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"{split} has labels from {labels.min()} to {labels.max()} but the datamodule "
+            f"names {num_classes} classes"
+        )
+    return np.bincount(labels, minlength=num_classes).tolist()
+
+
 def _list_splits(
     datamodule: ImageClassificationDataModule,
 ) -> tuple[list[tuple[str, Any]], dict[str, dict[str, Any]]]:
@@ -420,16 +467,19 @@ def _list_splits(
     the first split that has it, and the other split's entry points at that folder.
     """
     chosen: list[tuple[str, Any]] = []
-    folders: dict[int, str] = {}
+    folders: dict[int, tuple[str, list[int]]] = {}
     splits: dict[str, dict[str, Any]] = {}
+    num_classes = datamodule.info.num_classes
     for split in SPLITS:
         dataset = getattr(datamodule, f"{split}_dataset", None)
         if dataset is None:
             continue
         if id(dataset) not in folders:
-            folders[id(dataset)] = split
-            chosen.append((split, _samples(datamodule, split, dataset)))
-        splits[split] = {"folder": folders[id(dataset)], "count": len(dataset)}
+            samples = _samples(datamodule, split, dataset)
+            folders[id(dataset)] = (split, _label_counts(samples, num_classes, split))
+            chosen.append((split, samples))
+        folder, counts = folders[id(dataset)]
+        splits[split] = {"folder": folder, "count": len(dataset), "label_counts": counts}
     if "train" not in splits:
         raise ValueError(f"{type(datamodule).__name__} has no train split to convert")
     return chosen, splits
@@ -454,8 +504,16 @@ def _encoding(
 def _check_existing_splits(
     output: Path, fingerprints: dict[str, dict[str, Any]], overwrite: bool
 ) -> None:
-    """Before anything is deleted: every split folder already there must be prepare's own,
-    and one made from other data is replaced only with ``overwrite``."""
+    """Before anything is deleted: every file and folder prepare would replace must be
+    prepare's own, and a split made from other data is replaced only with ``overwrite``."""
+    metadata_file = output / METADATA_FILE
+    if metadata_file.exists() or metadata_file.is_symlink():
+        written = _read_json(metadata_file) if not metadata_file.is_symlink() else None
+        if not isinstance(written, dict) or written.get("format") != FORMAT:
+            raise FileExistsError(
+                f"{metadata_file} exists and was not written by prepare; move it away or "
+                "choose an empty output folder"
+            )
     for split in SPLITS:
         folder = output / split
         if not folder.exists():

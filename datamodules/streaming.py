@@ -189,6 +189,7 @@ def read_metadata(input_dir: str, storage_options: dict[str, Any] | None = None)
             raise ValueError(f"{location}: {field!r} must be a {kind.__name__}")
     if meta["encoding"] not in ("file", "raw"):
         raise ValueError(f"{location}: unknown encoding {meta['encoding']!r}")
+    _check_class_names(meta["class_names"], location)
     for split, entry in meta["splits"].items():
         if (
             not isinstance(entry, dict)
@@ -198,7 +199,33 @@ def read_metadata(input_dir: str, storage_options: dict[str, Any] | None = None)
             or entry["count"] < 1
         ):
             raise ValueError(f"{location}: split {split!r} must name its folder and count")
+        _check_label_counts(entry, len(meta["class_names"]), f"{location}: split {split!r}")
     return meta
+
+
+def _check_class_names(names: list[Any], location: str) -> None:
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise ValueError(f"{location}: 'class_names' must be a list of non-empty strings")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{location}: class names {repeated} appear more than once")
+
+
+def _check_label_counts(entry: dict[str, Any], num_classes: int, shown: str) -> None:
+    """``label_counts`` (samples per class, written by ``prepare``) against the class list."""
+    counts = entry.get("label_counts")
+    if counts is None:  # older conversions: each label is still checked as it is read
+        return
+    if not isinstance(counts, list) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts
+    ):
+        raise ValueError(f"{shown}: 'label_counts' must be a list of counts")
+    if len(counts) != num_classes or sum(counts) != entry["count"]:
+        raise ValueError(
+            f"{shown} has labels of {len(counts)} classes ({sum(counts)} samples) but "
+            f"'class_names' lists {num_classes} classes and the split {entry['count']} "
+            "samples: the file was edited or belongs to another conversion"
+        )
 
 
 def _check_index(index: Any, shown: str) -> list[dict[str, Any]]:
@@ -387,6 +414,7 @@ def _make_dataset_class(base: type) -> type:
             *,
             evaluation: bool,
             on_bad_image: OnBadImage = "error",
+            num_classes: int | None = None,
             shuffle: bool = False,
             seed: int = 0,
             cache_dir: str | None = None,
@@ -404,9 +432,14 @@ def _make_dataset_class(base: type) -> type:
             super().__init__(input_dir, **litdata_options)
             self.decode = decode
             self.on_bad_image = on_bad_image
+            self.num_classes = num_classes
             self.location = input_dir
             # everything but input_dir and decode, for with_decode to build the same split
-            self._options = {"evaluation": evaluation, "on_bad_image": on_bad_image}
+            self._options = {
+                "evaluation": evaluation,
+                "on_bad_image": on_bad_image,
+                "num_classes": num_classes,
+            }
             self._options.update(litdata_options)
 
         def with_decode(self, decode: Callable[[bytes, str], Any]) -> StreamingImageDataset:
@@ -457,6 +490,13 @@ def _checked_sample(
             f"chunk file {_chunk_name(dataset, index)} is damaged: its sample of "
             f"{display_name(key)} fails its CRC-32 check; copy the file again or "
             "convert the data again"
+        )
+    classes = dataset.num_classes
+    if classes is not None and not 0 <= label < classes:
+        raise ValueError(
+            f"chunk file {_chunk_name(dataset, index)}: the sample of {display_name(key)} has "
+            f"label {label}, but {METADATA_FILE} names {classes} classes: the chunks and "
+            f"{METADATA_FILE} come from different conversions; convert the data again"
         )
     return image, label, key
 
@@ -726,6 +766,7 @@ class StreamingDataModule(ImageClassificationDataModule):
                 transform,
                 evaluation=evaluation,
                 on_bad_image=self.on_bad_image,
+                num_classes=len(self.metadata["class_names"]),
                 shuffle=not evaluation,
                 seed=self.seed,
                 cache_dir=self.cache_dir,

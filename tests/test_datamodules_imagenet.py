@@ -321,11 +321,15 @@ def test_index_is_cached_and_invalidated_when_folders_change(tmp_path: Path) -> 
     assert len(dm.train_dataset) == 10
 
 
-def test_default_cache_goes_next_to_data(tmp_path: Path) -> None:
-    make_folder_layout(tmp_path)
-    dm = ImageNetDataModule(str(tmp_path), image_size=32, num_workers=0)
+def test_default_cache_goes_to_the_user_cache_not_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LIT_CLASSIFIERS_CACHE", str(tmp_path / "user-cache"))
+    make_folder_layout(tmp_path / "data")
+    dm = ImageNetDataModule(str(tmp_path / "data"), image_size=32, num_workers=0)
     dm.setup()
-    assert len(list((tmp_path / ".lit_classifiers_cache").glob("index-*.npz"))) == 2
+    assert len(list((tmp_path / "user-cache" / "index").glob("index-*.npz"))) == 2
+    assert not list((tmp_path / "data").rglob("*.npz"))
 
 
 # ---------------------------------------------------------------------------- bad inputs
