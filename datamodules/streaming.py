@@ -250,6 +250,11 @@ def _check_index(index: Any, shown: str) -> list[dict[str, Any]]:
             f"{config.get('data_format')!r}, item_loader={config.get('item_loader')!r}, "
             f"compression={config.get('compression')!r}; convert the data again"
         )
+    if not _is_sample_spec(config.get("data_spec")):
+        raise ValueError(
+            f"{shown}: its data_spec {str(config.get('data_spec'))[:80]!r} is not the sample "
+            f"layout prepare writes (a dict of {list(SAMPLE_FORMAT)}); convert the data again"
+        )
     for chunk in chunks:
         name = chunk.get("filename") if isinstance(chunk, dict) else None
         if (
@@ -262,6 +267,30 @@ def _check_index(index: Any, shown: str) -> list[dict[str, Any]]:
             # The index is input too: a name with a folder in it could point anywhere.
             raise ValueError(f"{shown} lists an invalid chunk {chunk!r}")
     return chunks
+
+
+def _is_sample_spec(spec: Any) -> bool:
+    """Whether a litdata ``data_spec`` (a JSON pytree description) is the flat dict of
+    :data:`SAMPLE_FORMAT`'s fields that ``prepare`` writes. Checked before litdata reads it:
+    it names the types to rebuild a sample with."""
+    leaf = {"type": None, "context": None, "children_spec": []}
+    try:
+        protocol, node = json.loads(spec)
+        return (
+            protocol == 1
+            and node["type"] == "builtins.dict"
+            and json.loads(node["context"]) == list(SAMPLE_FORMAT)
+            and node["children_spec"] == [leaf] * len(SAMPLE_FORMAT)
+        )
+    except (TypeError, ValueError, KeyError):
+        return False
+
+
+def _chunk_item_count(path: str) -> int:
+    """The number of samples a chunk file's header says it holds (its first 4 bytes, a
+    little-endian uint32, in litdata's chunk format)."""
+    with open(path, "rb") as handle:
+        return int.from_bytes(handle.read(4), "little")
 
 
 def check_split_dir(
@@ -296,6 +325,13 @@ def check_split_dir(
                 raise ValueError(
                     f"chunk file {path} has {size} bytes but {location} says "
                     f"{chunk['chunk_bytes']}: it is truncated or damaged; copy it again"
+                )
+            held = _chunk_item_count(path)
+            if held != chunk["chunk_size"]:
+                raise ValueError(
+                    f"chunk file {path} holds {held} samples but {location} says "
+                    f"{chunk['chunk_size']}: the index or the chunk is damaged or from another "
+                    "conversion; copy the folder again or convert the data again"
                 )
     return count
 
