@@ -23,7 +23,10 @@ def image_folder(root: Path, per_class: int = 3) -> Path:
     """``root/train/<class>/img<k>.png``, tiny images of different colours."""
     for c, name in enumerate(CLASSES):
         for k in range(per_class):
-            write(root / "train" / name / f"img{k}.png", png_bytes(color=(40 * k, 90 * c, 7), size=(12, 10)))
+            write(
+                root / "train" / name / f"img{k}.png",
+                png_bytes(color=(40 * k, 90 * c, 7), size=(12, 10)),
+            )
     backdate(root)  # so that an index cache written now is trusted at once
     return root
 
@@ -42,7 +45,9 @@ def user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 # ------------------------------------------------------------------------------- index cache
-def test_fit_on_a_read_only_dataset_writes_nothing_into_it(tmp_path: Path, user_cache: Path) -> None:
+def test_fit_on_a_read_only_dataset_writes_nothing_into_it(
+    tmp_path: Path, user_cache: Path
+) -> None:
     from helpers.modules import TinyNet, make_trainer, sgd
 
     from lit_classifiers.module import ClassifierModule
@@ -118,7 +123,9 @@ def test_prepare_never_packs_a_file_outside_the_data(tmp_path: Path, user_cache:
     source = ImageFolderDataModule(str(data), num_workers=0, val_split=2)
     out = convert_datamodule(source, tmp_path / "lit", num_workers=1, progress=False)
     chunks = b"".join(p.read_bytes() for p in out.rglob("*.bin"))
-    assert chunks.count(png_bytes(color=(0, 0, 7), size=(12, 10))) == 1  # an image of the data is there
+    assert (
+        chunks.count(png_bytes(color=(0, 0, 7), size=(12, 10))) == 1
+    )  # an image of the data is there
     assert secret not in chunks
     assert json.loads((out / "dataset.json").read_text())["splits"]["train"]["count"] == 4
 

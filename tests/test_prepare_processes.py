@@ -72,7 +72,9 @@ def _process_table() -> dict[int, tuple[int, int, str]]:
 
 def _group(pgid: int) -> list[int]:
     """The live (not zombie) processes of a process group."""
-    return [pid for pid, (_, group, state) in _process_table().items() if group == pgid and state != "Z"]
+    return [
+        pid for pid, (_, group, state) in _process_table().items() if group == pgid and state != "Z"
+    ]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -86,7 +88,13 @@ def test_conversion_processes_stop_with_a_killed_prepare(tmp_path: Path) -> None
         "PYTHONPATH": str(THIS.parents[1]),  # this checkout's datamodules
     }
     prepare = subprocess.Popen(
-        [sys.executable, str(THIS), "slow-prepare", str(tmp_path / "photos"), str(tmp_path / "lit")],
+        [
+            sys.executable,
+            str(THIS),
+            "slow-prepare",
+            str(tmp_path / "photos"),
+            str(tmp_path / "lit"),
+        ],
         env=env,
         cwd=THIS.parent,
     )

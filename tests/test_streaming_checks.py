@@ -5,11 +5,6 @@ the file. And ``prepare`` killed with ``kill -9`` takes its conversion processes
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -61,7 +56,9 @@ def test_labels_beyond_the_class_list_are_refused_at_setup(converted: Path) -> N
     meta_file = converted / "dataset.json"
     assert json.loads(meta_file.read_text())["splits"]["train"]["label_counts"] == [2, 2, 2]
     edit_json(meta_file, lambda m: m.update(class_names=["cat", "dog"]))
-    with pytest.raises(ValueError, match=r"lit/dataset.json: split 'train' has labels of 3 classes"):
+    with pytest.raises(
+        ValueError, match=r"lit/dataset.json: split 'train' has labels of 3 classes"
+    ):
         stream(converted).setup("fit")
 
 
@@ -77,8 +74,11 @@ def test_a_label_beyond_the_class_list_names_its_chunk_when_read(converted: Path
     edit_json(converted / "dataset.json", two_classes)
     data_module = stream(converted)
     data_module.setup("fit")
-    with pytest.raises(ValueError, match=r"chunk file .*train/chunk-.*\.bin: the sample of .* has "
-                       r"label 2, but dataset.json names 2 classes"):
+    with pytest.raises(
+        ValueError,
+        match=r"chunk file .*train/chunk-.*\.bin: the sample of .* has "
+        r"label 2, but dataset.json names 2 classes",
+    ):
         list(data_module.train_dataloader())
 
 
@@ -118,16 +118,20 @@ def test_a_wrong_chunk_size_is_one_line_naming_the_index(converted: Path) -> Non
 
     assert len(chunks(converted)) >= 2
     edit_json(converted / "train" / "index.json", shift)
-    with pytest.raises(ValueError, match=r"chunk file .*\.bin holds \d+ samples but .*train/"
-                       r"index.json says \d+") as error:
+    with pytest.raises(
+        ValueError,
+        match=r"chunk file .*\.bin holds \d+ samples but .*train/"
+        r"index.json says \d+",
+    ) as error:
         stream(converted).setup("fit")
     assert "\n" not in str(error.value)
 
 
 def test_a_foreign_data_spec_is_one_line_naming_the_index(converted: Path) -> None:
     def foreign(index: dict) -> None:
-        index["config"]["data_spec"] = json.dumps([1, {"type": "os.system", "context": "[]",
-                                                       "children_spec": []}])
+        index["config"]["data_spec"] = json.dumps(
+            [1, {"type": "os.system", "context": "[]", "children_spec": []}]
+        )
 
     edit_json(converted / "train" / "index.json", foreign)
     with pytest.raises(ValueError, match=r"train/index.json: its data_spec .*os.system") as error:
