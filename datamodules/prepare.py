@@ -20,7 +20,9 @@ Interrupting is safe and the conversion resumes: each split is written into a hi
 complete, and ``dataset.json`` is written last. Running the same command again skips the
 finished splits and continues a partial one from its last finished chunks; a partial split
 made from a different listing (files added or removed, other options or worker count) is
-started over. Output goes to a local folder; copy it to object storage to stream it from there
+started over. Nothing that ``prepare`` did not write is replaced: a ``train/``, ``val/``,
+``test/`` or ``dataset.json`` of other origin in ``OUTPUT`` is refused. Output goes to a local
+folder; copy it to object storage to stream it from there
 (``aws s3 cp --recursive OUTPUT s3://bucket/name``).
 """
 

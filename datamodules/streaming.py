@@ -302,6 +302,13 @@ def check_split_dir(
     from an incompatible litdata version, or a sample count other than ``expected`` (what
     ``dataset.json`` says) is an error naming the file, raised before any training starts.
     """
+    return sum(chunk["chunk_size"] for chunk in _checked_chunks(folder, expected, storage_options))
+
+
+def _checked_chunks(
+    folder: str, expected: int | None, storage_options: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The chunk entries of a split's ``index.json``, checked as :func:`check_split_dir` says."""
     location = _join(folder, INDEX_FILE)
     with tempfile.TemporaryDirectory() as temporary:
         index = _load_json(_fetch(location, storage_options, temporary), location)
@@ -333,7 +340,7 @@ def check_split_dir(
                     f"{chunk['chunk_size']}: the index or the chunk is damaged or from another "
                     "conversion; copy the folder again or convert the data again"
                 )
-    return count
+    return chunks
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -451,6 +458,7 @@ def _make_dataset_class(base: type) -> type:
             evaluation: bool,
             on_bad_image: OnBadImage = "error",
             num_classes: int | None = None,
+            chunk_files: list[str] | None = None,
             shuffle: bool = False,
             seed: int = 0,
             cache_dir: str | None = None,
@@ -469,12 +477,14 @@ def _make_dataset_class(base: type) -> type:
             self.decode = decode
             self.on_bad_image = on_bad_image
             self.num_classes = num_classes
+            self.chunk_files = chunk_files
             self.location = input_dir
             # everything but input_dir and decode, for with_decode to build the same split
             self._options = {
                 "evaluation": evaluation,
                 "on_bad_image": on_bad_image,
                 "num_classes": num_classes,
+                "chunk_files": chunk_files,
             }
             self._options.update(litdata_options)
 
@@ -494,13 +504,13 @@ def _make_dataset_class(base: type) -> type:
 
 
 def _chunk_name(dataset: Any, index: Any) -> str:
-    """The chunk file holding the sample at ``index``, for error messages."""
-    try:
-        chunks = dataset.cache._reader.config._chunks
-        name = chunks[index.chunk_index]["filename"]
-    except Exception:  # the index or config itself is unreadable
+    """The chunk file holding the sample at ``index`` (litdata's ``ChunkedIndex``), for
+    error messages, from the chunk list read at setup."""
+    names = dataset.chunk_files
+    number = getattr(index, "chunk_index", None)
+    if names is None or not isinstance(number, int) or not 0 <= number < len(names):
         return f"a chunk of {dataset.location}"
-    return _join(dataset.location, name)
+    return _join(dataset.location, names[number])
 
 
 def _checked_sample(
@@ -790,7 +800,7 @@ class StreamingDataModule(ImageClassificationDataModule):
             if (folder, evaluation) in built:  # ImageNet's test split is its val split
                 setattr(self, f"{name}_dataset", built[folder, evaluation])
                 continue
-            check_split_dir(folder, entry["count"])
+            chunks = _checked_chunks(folder, entry["count"])
             transform = self.eval_transform if evaluation else self.train_transform
             if transform is None:
                 raise ValueError(
@@ -803,6 +813,7 @@ class StreamingDataModule(ImageClassificationDataModule):
                 evaluation=evaluation,
                 on_bad_image=self.on_bad_image,
                 num_classes=len(self.metadata["class_names"]),
+                chunk_files=[chunk["filename"] for chunk in chunks],
                 shuffle=not evaluation,
                 seed=self.seed,
                 cache_dir=self.cache_dir,
