@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 import tempfile
 import warnings
@@ -507,10 +508,10 @@ def _chunk_name(dataset: Any, index: Any) -> str:
     """The chunk file holding the sample at ``index`` (litdata's ``ChunkedIndex``), for
     error messages, from the chunk list read at setup."""
     names = dataset.chunk_files
-    number = getattr(index, "chunk_index", None)
-    if names is None or not isinstance(number, int) or not 0 <= number < len(names):
+    try:
+        return _join(dataset.location, names[operator.index(index.chunk_index)])
+    except (AttributeError, TypeError, IndexError):  # not a ChunkedIndex, or no chunk list
         return f"a chunk of {dataset.location}"
-    return _join(dataset.location, names[number])
 
 
 def _checked_sample(

@@ -109,9 +109,9 @@ def test_streamed_image_folder_equals_the_folder_datamodule(tmp_path: Path) -> N
 
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["splits"] == {
-        "train": {"folder": "train", "count": 21},
-        "val": {"folder": "val", "count": 10},
-        "test": {"folder": "test", "count": 7},
+        "train": {"folder": "train", "count": 21, "label_counts": [7, 7, 7]},
+        "val": {"folder": "val", "count": 10, "label_counts": [4, 3, 3]},
+        "test": {"folder": "test", "count": 7, "label_counts": [3, 2, 2]},
     }
     assert len(list((out / "train").glob("chunk-1-*.bin"))) > 1  # two workers, several chunks
 
