@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import tarfile
+import tempfile
 import urllib.request
 import zlib
 from collections.abc import Callable
@@ -99,25 +100,29 @@ def verify_md5(path: str | Path, expected: str, *, what: str, remedy: str) -> No
         )
     if _stamp_key(path, expected) != key:
         return  # the file changed while it was hashed; what was hashed may not be on disk
-    tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(key))
+    tmp = None
+    try:  # a fresh, exclusively created name: a link planted beside the archive is not followed
+        fd, tmp = tempfile.mkstemp(dir=stamp.parent, prefix=f"{stamp.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(key))
         os.replace(tmp, stamp)
     except OSError:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def download_url(url: str, dest: str | Path, md5: str | None = None, timeout: float = 60) -> Path:
     """Download ``url`` to ``dest`` with a progress bar and an optional md5 check.
 
-    The data goes to ``dest + '.part'`` first and is renamed only once complete and verified,
-    so an interrupted download never looks like a finished archive.
+    The data goes to a fresh ``dest.<random>.part`` file first and is renamed only once
+    complete and verified, so an interrupted download never looks like a finished archive.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f"{dest.name}.", suffix=".part")
+    part = Path(name)  # a fresh name, created exclusively: a planted link is never written through
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(fd, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(
                 total=total, unit="B", unit_scale=True, desc=f"Downloading {dest.name}"

@@ -153,3 +153,25 @@ def test_prepare_refuses_a_dataset_json_it_did_not_write(tmp_path: Path, user_ca
     convert_datamodule(source, out, num_workers=1, progress=False, overwrite=True)
     assert victim.read_bytes() == b"keep me"
     assert json.loads((out / "dataset.json").read_text())["class_names"] == CLASSES
+
+
+# ------------------------------------------------------------------------------- archives
+def test_links_planted_beside_an_archive_are_not_written_through(tmp_path: Path) -> None:
+    """The md5 stamp and a download are written to fresh temporary names, never through a
+    link planted at the name an earlier version used."""
+    import hashlib
+
+    from datamodules.archives import download_url, verify_md5
+
+    victim = write(tmp_path / "victim.txt", b"keep me")
+    archive = write(tmp_path / "data" / "a.tar", b"abc")
+    (archive.parent / f".a.tar.md5-verified.{os.getpid()}.tmp").symlink_to(victim)
+    verify_md5(archive, hashlib.md5(b"abc").hexdigest(), what="w", remedy="r")
+    assert json.loads((archive.parent / ".a.tar.md5-verified").read_text())["md5"]
+    assert victim.read_bytes() == b"keep me"
+
+    dest = tmp_path / "data" / "b.tar"
+    (dest.parent / "b.tar.part").symlink_to(victim)
+    download_url(archive.as_uri(), dest, md5=hashlib.md5(b"abc").hexdigest())
+    assert not dest.is_symlink() and dest.read_bytes() == b"abc"
+    assert victim.read_bytes() == b"keep me"
