@@ -166,14 +166,21 @@ class ArraySamples:
 
 
 class _CountingWriter:
-    """What every ``optimize`` worker calls: a sample, and one more on the progress counter."""
+    """What every ``optimize`` worker calls: a sample, and one more on the progress counter.
+    A sample's error is also put on ``errors`` in one line, to be shown as it is (litdata
+    reports a failed worker with its whole traceback)."""
 
-    def __init__(self, samples: FileSamples | ArraySamples, counter: Any) -> None:
+    def __init__(self, samples: FileSamples | ArraySamples, counter: Any, errors: Any) -> None:
         self.samples = samples
         self.counter = counter
+        self.errors = errors
 
     def __call__(self, index: int) -> dict[str, Any]:
-        sample = self.samples(index)
+        try:
+            sample = self.samples(index)
+        except Exception as err:
+            self.errors.put(" ".join(str(err).split()).rstrip(".") or type(err).__name__)
+            raise
         with self.counter.get_lock():
             self.counter.value += 1
         return sample
@@ -218,14 +225,6 @@ def _start_method() -> str:
     return "fork" if sys.platform == "linux" else "spawn"
 
 
-def _error_summary(text: str) -> str:
-    """The one line that says what went wrong, from litdata's report of a worker's failure
-    (that worker's whole traceback, the original exception first)."""
-    causes = re.findall(r"^[\w.]+(?:Error|Exception): (.+)$", text, flags=re.MULTILINE)
-    summary = causes[0] if causes else (text.strip().splitlines() or ["unknown error"])[-1]
-    return summary.strip().rstrip(".")
-
-
 def _stop_with_parent(parent: int) -> None:
     """Kill this job's whole process group once ``parent`` has gone: a ``kill -9`` of
     ``prepare`` runs none of its cleanup, and the job would otherwise convert on to the end."""
@@ -263,7 +262,8 @@ def _run_optimize(
             verbose=False,
         )
     except BaseException as err:
-        report.send(_error_summary(str(err)) or type(err).__name__)
+        # litdata's own failure (not a sample's): the last line of its report
+        report.send((str(err).strip().splitlines() or [type(err).__name__])[-1])
         sys.exit(1)
 
 
@@ -289,10 +289,11 @@ def _optimize(
     context = multiprocessing.get_context(method)
     counter = context.Value("q", 0)
     receive, send = context.Pipe(duplex=False)
+    errors = context.SimpleQueue()
     job = context.Process(
         target=_run_optimize,
         args=(
-            _CountingWriter(samples, counter),
+            _CountingWriter(samples, counter, errors),
             len(samples),
             str(output),
             workers,
@@ -315,7 +316,12 @@ def _optimize(
         job.join()
         bar.close()
     if job.exitcode != 0:
-        reason = receive.recv() if receive.poll() else f"the job exited with {job.exitcode}"
+        if not errors.empty():  # a sample's own error, the cause of everything else
+            reason = errors.get()
+        elif receive.poll():
+            reason = receive.recv()
+        else:
+            reason = f"the job exited with {job.exitcode}"
         raise ValueError(
             f"{reason}; fix that and run the same command again: the finished chunks are kept"
         )
