@@ -136,12 +136,6 @@ PRIVATE_APIS: tuple[PrivateApi, ...] = (
         "torchvision's decode operator without its per-call deprecation warning",
     ),
     PrivateApi(
-        "datamodules/streaming.py",
-        "_reader.config._chunks",
-        "litdata:StreamingDataset",
-        "the chunk table, to check labels and sizes before training",
-    ),
-    PrivateApi(
         "benchmarks/gpu_resnet50.py",
         "_compiled_call_impl",
         "torch.nn:Module",
