@@ -36,6 +36,8 @@ the schedule apply on top of it as they would to a rate given by hand.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
 from collections.abc import Sequence
@@ -146,6 +148,13 @@ class ClassifierModule(pl.LightningModule):
             :mod:`lit_classifiers.eval_protocols`. Not saved in checkpoints: pass it again.
     """
 
+    # Properties TorchScript must not compile (to_torchscript): they read the hyper-parameters.
+    __jit_unused_properties__: list[str] = [
+        *pl.LightningModule.__jit_unused_properties__,
+        "num_classes",
+        "class_names",
+    ]
+
     def __init__(
         self,
         backbone: str | nn.Module,
@@ -191,6 +200,10 @@ class ClassifierModule(pl.LightningModule):
         self.eval_protocol = check_eval_protocol(eval_protocol)
         unsaved = [*_UNSAVED, *(["backbone"] if isinstance(backbone, nn.Module) else [])]
         self.save_hyperparameters(ignore=unsaved)
+        # The signature's lambda is there for LightningCLI, which prints it as SGD with its
+        # arguments; a lambda does not pickle (ddp_spawn), so the module keeps this equivalent.
+        if optimizer is _SIGNATURE_OPTIMIZER:
+            optimizer = _default_optimizer
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
 
@@ -199,6 +212,7 @@ class ClassifierModule(pl.LightningModule):
             self.get_classifier()  # fails now, not at the first step, if there is none to find
         if freeze_body:
             self._freeze_body()
+        self.channels_last = channels_last  # read by forward, where TorchScript has no hparams
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         self.ema = _moving_average(self.backbone, ema_decay)  # of the module, not its compiled form
@@ -256,10 +270,12 @@ class ClassifierModule(pl.LightningModule):
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits; outside training mode the EMA weights answer when they are kept."""
-        if self.hparams.channels_last:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        net = self.ema.module if self.ema is not None and not self.training else self.backbone
-        return net(x)
+        # Two calls rather than one chosen module, so that TorchScript can compile it.
+        if self.ema is not None and not self.training:
+            return self.ema.module(x)
+        return self.backbone(x)
 
     def _net(self) -> nn.Module:
         """The network :meth:`forward` runs now."""
@@ -391,6 +407,7 @@ class ClassifierModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._lr_names = _lr_tags(self.trainer.optimizers[0].param_groups)
+        self.train_acc1.reset()  # see _reset_metrics
 
     def on_train_epoch_end(self) -> None:
         self._check_finite_weights()  # runs before ModelCheckpoint's on_train_epoch_end
@@ -433,9 +450,22 @@ class ClassifierModule(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._check_finite_weights()  # ModelCheckpoint saves at the end of this validation
         self._eval_counter.reset()
+        self._reset_metrics("val")
 
     def on_test_epoch_start(self) -> None:
         self._eval_counter.reset()
+        self._reset_metrics("test")
+
+    def _reset_metrics(self, stage: str) -> None:
+        """Fresh metric states, made under this loop's grad mode.
+
+        Lightning resets the metrics at the end of each epoch, within the loop: after a run
+        under ``torch.inference_mode`` (validate, test) they hold inference tensors, which a
+        later loop under ``no_grad`` (fit's validation, ``inference_mode=False``) may not update
+        in place. Also drops states a ``ddp_spawn`` fit carried back from its workers.
+        """
+        for name in ("loss", "acc1", "acc5"):
+            getattr(self, f"{stage}_{name}").reset()
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Probabilities and the top-k classes of each image (with names where known).
@@ -575,6 +605,12 @@ class ClassifierModule(pl.LightningModule):
             )
 
 
+# torchvision's ImageNet recipe (references/classification/train.py: --lr 0.1, --momentum 0.9,
+# --wd 1e-4), as the signature's lambda writes it.
+_default_optimizer = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=1e-4)
+_SIGNATURE_OPTIMIZER = inspect.signature(ClassifierModule).parameters["optimizer"].default
+
+
 def _check_arguments(
     *,
     num_classes: int,
@@ -647,11 +683,24 @@ def _lr_tags(param_groups: Sequence[dict[str, Any]]) -> list[str]:
     return [f"train/lr/{g.get('name') or f'pg{i}'}" for i, g in enumerate(param_groups)]
 
 
+class _MovingAverage(AveragedModel):
+    """torch's ``AveragedModel``, in a form TorchScript compiles (``to_torchscript``): its
+    class annotation ``n_averaged: Tensor`` is a string (postponed evaluation) TorchScript
+    cannot resolve, and its ``forward(*args, **kwargs)`` has no fixed signature (the module
+    calls ``.module`` directly)."""
+
+    __annotations__ = {"n_averaged": Tensor}  # the type itself, not a string
+
+    @torch.jit.unused
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+
 def _moving_average(backbone: nn.Module, decay: float | None) -> AveragedModel | None:
     """An exponential moving average of ``backbone``'s weights and buffers, or ``None``."""
     if decay is None:
         return None
-    ema = AveragedModel(backbone, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema = _MovingAverage(backbone, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
     ema.requires_grad_(False)  # updated by averaging, never by gradients (DDP needs to know)
     return ema
 
