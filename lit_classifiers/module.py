@@ -47,14 +47,14 @@ from typing import IO, Any, Literal
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback, LearningRateFinder
+from lightning.pytorch.callbacks import BackboneFinetuning, Callback, LearningRateFinder
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 from typing_extensions import Self
@@ -70,6 +70,7 @@ from lit_classifiers.checkpoint_io import (
 )
 from lit_classifiers.eval_protocols import check_eval_protocol, protocol_logits, requested_views
 from lit_classifiers.exact_eval import EvalSampleCounter
+from lit_classifiers.finetuning import BodyFinetuning
 from lit_classifiers.optimization import (
     NORM_LAYERS,
     apply_lr_override,
@@ -270,6 +271,11 @@ class ClassifierModule(pl.LightningModule):
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits; outside training mode the EMA weights answer when they are kept."""
+        if x.dtype == torch.uint8:  # a datamodule's loader used without its Trainer hook
+            raise TypeError(
+                "ClassifierModule got uint8 images (0-255): normalise the datamodule's batches "
+                "first, images = datamodule.normalize(images) (a Trainer does it for you)"
+            )
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         # Two calls rather than one chosen module, so that TorchScript can compile it.
@@ -302,9 +308,13 @@ class ClassifierModule(pl.LightningModule):
         return self
 
     def _attached_trainer(self) -> pl.Trainer | None:
+        """The Trainer running the module; ``None`` outside one (``load_from_checkpoint``, a
+        hook called by hand, a Fabric loop)."""
+        if self.fabric is not None:
+            return None
         try:
             return self.trainer
-        except RuntimeError:  # not attached: load_from_checkpoint, or a hook called by hand
+        except RuntimeError:
             return None
 
     # ------------------------------------------------------------------------------ checks
@@ -312,6 +322,7 @@ class ClassifierModule(pl.LightningModule):
         """Catch a model built for other data before any step runs."""
         trainer = self._attached_trainer()
         if trainer is not None:  # None when setup() is called by hand
+            _check_finetuning_callbacks(trainer.callbacks)
             # A LearningRateFinder searches in on_fit_start, before this module's on_fit_start.
             self._lr_search = stage == TrainerFn.FITTING and any(
                 isinstance(callback, LearningRateFinder) for callback in trainer.callbacks
@@ -383,36 +394,54 @@ class ClassifierModule(pl.LightningModule):
             )
 
     # ------------------------------------------------------------------------------ steps
+    # The steps keep only tensor work on the path torch.compile traces (``torch.compile(model)``
+    # compiles whole steps); checks, metric updates and logging run in eager helpers that the
+    # compiler leaves alone: reading a label as a Python int breaks the graph, and each new
+    # learning rate logged as a float would compile the step again.
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
         images, labels = batch[0], batch[1]
-        if batch_idx == 0:
-            self._check_labels(labels)
+        self._check_first_labels(labels, batch_idx)
         targets = labels
         if self.batch_mix is not None:  # soft targets; train/acc1 keeps the original labels
             images, targets = self.batch_mix(images, labels)
         logits = self(images)
+        loss = self.criterion(logits, targets)
+        self._record_training_step(loss, logits, labels, batch_idx)
+        return loss
+
+    @torch.compiler.disable
+    def _record_training_step(
+        self, loss: Tensor, logits: Tensor, labels: Tensor, batch_idx: int
+    ) -> None:
         if batch_idx == 0:
             self._check_logits(logits)
-        loss = self.criterion(logits, targets)
         if not self._lr_search:  # a range test ends where the loss diverges, often beyond inf
             check_finite_loss(
                 loss, epoch=self.current_epoch, global_step=self.global_step, batch_idx=batch_idx
             )
         self.train_acc1.update(logits.detach(), labels)
         self.log("train/loss", loss, prog_bar=True)
-        groups = self.trainer.optimizers[0].param_groups
-        for tag, group in zip(self._lr_names, groups, strict=False):
-            self.log(tag, group["lr"])
-        return loss
+        trainer = self._attached_trainer()
+        if trainer is not None and trainer.optimizers:
+            groups = trainer.optimizers[0].param_groups
+            for tag, group in zip(self._lr_names, groups, strict=False):
+                self.log(tag, group["lr"])
+
+    @torch.compiler.disable
+    def _check_first_labels(self, labels: Tensor, batch_idx: int) -> None:
+        if batch_idx == 0:  # once per epoch and stage: it costs a device synchronisation
+            self._check_labels(labels)
 
     def on_train_epoch_start(self) -> None:
-        self._lr_names = _lr_tags(self.trainer.optimizers[0].param_groups)
+        trainer = self._attached_trainer()
+        if trainer is not None and trainer.optimizers:
+            self._lr_names = _lr_tags(trainer.optimizers[0].param_groups)
         self.train_acc1.reset()  # see _reset_metrics
 
     def on_train_epoch_end(self) -> None:
         self._check_finite_weights()  # runs before ModelCheckpoint's on_train_epoch_end
         # Once per epoch rather than a self.log call per step: each costs ~0.4 ms of Python.
-        self.log("train/acc1", self.train_acc1)
+        self._log_metric("train/acc1", self.train_acc1)
 
     def validation_step(
         self, batch: Sequence[Tensor], batch_idx: int, dataloader_idx: int = 0
@@ -428,13 +457,23 @@ class ClassifierModule(pl.LightningModule):
         self, batch: Sequence[Tensor], batch_idx: int, dataloader_idx: int, stage: str
     ) -> dict[str, Tensor]:
         images, labels = batch[0], batch[1]
-        if batch_idx == 0:
-            self._check_labels(labels)
+        self._check_first_labels(labels, batch_idx)
         logits = self._eval_logits(images)
+        return self._record_evaluation(logits, labels, batch_idx, dataloader_idx, stage)
+
+    @torch.compiler.disable
+    def _record_evaluation(
+        self, logits: Tensor, labels: Tensor, batch_idx: int, dataloader_idx: int, stage: str
+    ) -> dict[str, Tensor]:
         if batch_idx == 0:
             self._check_logits(logits)
         # Drop the repeats a DistributedSampler pads the last batches with.
-        keep = self._eval_counter.num_real(self.trainer, len(labels), dataloader_idx)
+        trainer = self._attached_trainer()
+        keep = (
+            len(labels)
+            if trainer is None
+            else self._eval_counter.num_real(trainer, len(labels), dataloader_idx)
+        )
         logits, labels = logits[:keep], labels[:keep]
         loss_metric = getattr(self, f"{stage}_loss")
         acc1, acc5 = getattr(self, f"{stage}_acc1"), getattr(self, f"{stage}_acc5")
@@ -442,10 +481,16 @@ class ClassifierModule(pl.LightningModule):
             loss_metric.update(F.cross_entropy(logits.float(), labels, reduction="none"))
             acc1.update(logits, labels)
             acc5.update(logits, labels)
-        self.log(f"{stage}/loss", loss_metric, prog_bar=stage == "val")
-        self.log(f"{stage}/acc1", acc1, prog_bar=stage == "val")
-        self.log(f"{stage}/acc5", acc5)
+        self._log_metric(f"{stage}/loss", loss_metric, prog_bar=stage == "val")
+        self._log_metric(f"{stage}/acc1", acc1, prog_bar=stage == "val")
+        self._log_metric(f"{stage}/acc5", acc5)
         return {"preds": logits.argmax(-1), "target": labels}
+
+    def _log_metric(self, name: str, metric: Metric, prog_bar: bool = False) -> None:
+        """``self.log`` of a torchmetrics object under a Trainer. Fabric logs only numbers: its
+        users read the metric objects (``model.val_acc1.compute()``) when their loop wants."""
+        if self.fabric is None:
+            self.log(name, metric, prog_bar=prog_bar)
 
     def on_validation_epoch_start(self) -> None:
         self._check_finite_weights()  # ModelCheckpoint saves at the end of this validation
@@ -673,6 +718,16 @@ def _build_backbone(
     return create_backbone(
         backbone, num_classes, in_channels=in_channels, **(backbone_kwargs or {})
     )
+
+
+def _check_finetuning_callbacks(callbacks: Sequence[Callback]) -> None:
+    for callback in callbacks:
+        if isinstance(callback, BackboneFinetuning) and not isinstance(callback, BodyFinetuning):
+            raise ValueError(
+                "BackboneFinetuning would freeze ClassifierModule's whole network, classifier "
+                "included (model.backbone is the whole network): use "
+                "lit_classifiers.BodyFinetuning, which takes the same arguments"
+            )
 
 
 def _lr_tags(param_groups: Sequence[dict[str, Any]]) -> list[str]:
