@@ -264,8 +264,8 @@ def test_ddp_spawn_trains_and_validates_like_one_process() -> None:
     before = weights(model)
     tr = trainer(strategy="ddp_spawn", devices=2, max_steps=2, limit_val_batches=None)
     tr.fit(model, digits(batch_size=64))
-    assert tr.global_step == 2
-    assert any(not torch.equal(before[k], v) for k, v in weights(model).items())  # came back
+    # The ranks' trained weights came back to this process (its own step count does not).
+    assert any(not torch.equal(before[k], v) for k, v in weights(model).items())
     spawned = {k: v.item() for k, v in tr.callback_metrics.items() if k.startswith("val/")}
     # The same weights in one process: equal, and no metric state carried back from the ranks.
     single = trainer().validate(model, digits(batch_size=64), verbose=False)
@@ -406,6 +406,7 @@ def test_profilers(profiler: type, recorded: str, tmp_path: Path) -> None:
     assert recorded in (tmp_path / "fit-perf.txt").read_text()
 
 
+# ---------------------------------------------------------------------------------- outputs
 def test_predict_output(tmp_path: Path) -> None:
     folder = tmp_path / "predict"
     folder.mkdir()
@@ -466,7 +467,7 @@ def test_to_onnx(tmp_path: Path) -> None:
     onnxruntime = pytest.importorskip("onnxruntime")
     model = resnet20().eval()
     images = torch.randn(2, 1, SIZE, SIZE)
-    model.to_onnx(tmp_path / "model.onnx", images, input_names=["images"])
+    model.to_onnx(tmp_path / "model.onnx", images, input_names=["images"], dynamo=False)
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
     out = session.run(None, {"images": images.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(out), model(images), atol=1e-4, rtol=1e-4)
