@@ -195,7 +195,9 @@ def test_validate_then_fit() -> None:
     assert tr.global_step == 2 and before["val/loss"] != after["val/loss"]
 
 
-@NEEDS_DATA_HOT
+@pytest.mark.xfail(
+    strict=True, reason="needs data-hot: the datamodule's normaliser reuses an inference tensor"
+)
 def test_validate_then_fit_on_the_datamodule() -> None:
     model, dm = resnet20(), digits()
     tr = trainer(max_steps=2)
