@@ -739,12 +739,24 @@ def _lr_tags(param_groups: Sequence[dict[str, Any]]) -> list[str]:
 
 
 class _MovingAverage(AveragedModel):
-    """torch's ``AveragedModel``, in a form TorchScript compiles (``to_torchscript``): its
-    class annotation ``n_averaged: Tensor`` is a string (postponed evaluation) TorchScript
-    cannot resolve, and its ``forward(*args, **kwargs)`` has no fixed signature (the module
-    calls ``.module`` directly)."""
+    """torch's exponential-moving-average ``AveragedModel`` in a form that pickles (ddp_spawn:
+    its update function is a closure, rebuilt from ``decay`` on unpickling) and that TorchScript
+    compiles (``to_torchscript``): its class annotation ``n_averaged: Tensor`` is a string
+    (postponed evaluation) TorchScript cannot resolve, and its ``forward(*args, **kwargs)`` has
+    no fixed signature (the module calls ``.module`` directly)."""
 
     __annotations__ = {"n_averaged": Tensor}  # the type itself, not a string
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        super().__init__(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.decay = decay
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "multi_avg_fn"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.multi_avg_fn = get_ema_multi_avg_fn(self.decay)
 
     @torch.jit.unused
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -755,7 +767,7 @@ def _moving_average(backbone: nn.Module, decay: float | None) -> AveragedModel |
     """An exponential moving average of ``backbone``'s weights and buffers, or ``None``."""
     if decay is None:
         return None
-    ema = _MovingAverage(backbone, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema = _MovingAverage(backbone, decay)
     ema.requires_grad_(False)  # updated by averaging, never by gradients (DDP needs to know)
     return ema
 

@@ -276,6 +276,22 @@ def test_ddp_spawn_trains_and_validates_like_one_process() -> None:
     assert spawned["val/loss"] == pytest.approx(single[0]["val/loss"], abs=1e-5)
 
 
+def test_modules_pickle_and_keep_their_ema_update() -> None:
+    """ddp_spawn pickles the module: the default optimizer and the EMA's update must pickle."""
+    model = resnet20(ema_decay=0.9)
+    copy = pickle.loads(pickle.dumps(model))
+    assert isinstance(copy.optimizer_factory([torch.zeros(1, requires_grad=True)]), torch.optim.SGD)
+    for net in (model, copy):
+        net.ema.update_parameters(net.backbone)  # the first update copies the weights
+        with torch.no_grad():
+            net.backbone.fc.weight.add_(1.0)
+        net.ema.update_parameters(net.backbone)
+    torch.testing.assert_close(copy.ema.module.fc.weight, model.ema.module.fc.weight)
+    torch.testing.assert_close(
+        model.ema.module.fc.weight, model.backbone.fc.weight - 0.9
+    )  # 0.9 * w + 0.1 * (w + 1) = (w + 1) - 0.9
+
+
 # ---------------------------------------------------------------------------------- callbacks
 def test_early_stopping() -> None:
     stop = EarlyStopping("val/acc1", mode="max", patience=1, min_delta=1.0)
