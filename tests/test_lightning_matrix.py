@@ -270,7 +270,7 @@ def test_ddp_spawn_trains_and_validates_like_one_process() -> None:
     assert any(not torch.equal(before[k], v) for k, v in weights(model).items())
     spawned = {k: v.item() for k, v in tr.callback_metrics.items() if k.startswith("val/")}
     # The same weights in one process: equal, and no metric state carried back from the ranks.
-    single = trainer().validate(model, digits(batch_size=64), verbose=False)
+    single = trainer(limit_val_batches=None).validate(model, digits(batch_size=64), verbose=False)
     assert spawned["val/acc1"] == single[0]["val/acc1"]
     assert spawned["val/acc5"] == single[0]["val/acc5"]
     assert spawned["val/loss"] == pytest.approx(single[0]["val/loss"], abs=1e-5)
