@@ -505,7 +505,7 @@ def test_torch_compile_of_the_module() -> None:
     # The eager backend runs TorchDynamo's tracing (graph breaks, guards) without code generation.
     model = resnet20()
     before = weights(model)
-    tr = trainer(max_steps=3, limit_train_batches=3)
+    tr = trainer(max_steps=3, limit_train_batches=3, limit_val_batches=0)  # one step traced
     tr.fit(torch.compile(model, backend="eager"), digits())
     assert tr.global_step == 3 and not torch.equal(
         before["backbone.fc.weight"], model.backbone.fc.weight
