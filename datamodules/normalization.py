@@ -21,7 +21,7 @@ class BatchNormalizer:
 
     uint8 input is scaled from [0, 255]; floating-point input is taken to be in [0, 1] already
     and only standardised. The result is contiguous, in ``dtype`` (default: float32 for uint8
-    input, the input's own dtype for floating-point input).
+    input, the input's own dtype for floating-point input), computed in at least float32.
 
     Args:
         mean, std: Per channel, in [0, 1] units.
@@ -48,13 +48,15 @@ class BatchNormalizer:
             )
         if images.dtype == torch.uint8:
             dtype = torch.float32 if dtype is None else dtype
-            mean, std = self._constants_for(images.device, dtype, scale=255.0)
-            out = images.to(dtype, memory_format=torch.contiguous_format)  # a new tensor
-            return out.sub_(mean).div_(std)
+            work = torch.promote_types(dtype, torch.float32)  # bfloat16: rounded once, at the end
+            mean, std = self._constants_for(images.device, work, scale=255.0)
+            out = images.to(work, memory_format=torch.contiguous_format)  # a new tensor
+            return out.sub_(mean).div_(std).to(dtype)
         if images.is_floating_point():
             dtype = images.dtype if dtype is None else dtype
-            mean, std = self._constants_for(images.device, dtype, scale=1.0)
-            return ((images.to(dtype) - mean) / std).contiguous()
+            work = torch.promote_types(dtype, torch.float32)
+            mean, std = self._constants_for(images.device, work, scale=1.0)
+            return ((images.to(work) - mean) / std).to(dtype).contiguous()
         raise ValueError(f"expected uint8 or floating-point images, got dtype {images.dtype}")
 
     def _constants_for(
