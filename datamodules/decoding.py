@@ -224,8 +224,12 @@ def _read(source: Source, label: str) -> tuple[bytes | bytearray | memoryview, I
 def read_image_file(path: str | os.PathLike) -> bytes:
     """The bytes of the image file at ``path``, read only once PIL parsed its header and found
     an image that can take that many bytes; otherwise a one-line :class:`ImageDecodeError`
-    naming the file (``FileNotFoundError`` as is)."""
-    return read_header(path)[0]
+    naming the file (``FileNotFoundError`` as is). The error carries no chained cause, so that a
+    worker's traceback (litdata's, in ``prepare``) starts with this line."""
+    try:
+        return read_header(path)[0]
+    except ImageDecodeError as err:
+        raise ImageDecodeError(str(err)) from None
 
 
 def _check_source(source: object) -> None:
