@@ -66,7 +66,7 @@ from torchvision import datasets
 from torchvision import transforms as T
 
 from datamodules.datasets import FileImageDataset
-from datamodules.decoding import _jpeg_header, decoder_for, resize_uint8
+from datamodules.decoding import decoder_for, resize_uint8
 from datamodules.imagenet import IMAGENET_MEAN, IMAGENET_STD, ImageNetDataModule
 from datamodules.transforms import RandomResizedCropDecode, decode_encoded
 
@@ -316,10 +316,6 @@ def breakdown(
             with Image.open(io.BytesIO(b)) as im:
                 im.size  # noqa: B018 - the header parse is the work
 
-    def frame_header() -> None:
-        for b in blobs:
-            _jpeg_header(b)
-
     def tv_decode() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -348,8 +344,7 @@ def breakdown(
 
     stages = [
         ("read file bytes", read),
-        ("PIL: header only (Image.open, the reference's)", pil_header),
-        ("datamodule: header from the JPEG frame segment", frame_header),
+        ("PIL: header only (Image.open, the reference's and the datamodule's)", pil_header),
         ("PIL: open + full decode + RGB", pil_decode),
         ("PIL: resize(box) to 224, antialiased bilinear", pil_resize),
         ("PIL image -> uint8 tensor (np.array)", to_uint8_tensor),

@@ -12,6 +12,7 @@ split.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -46,11 +47,14 @@ __all__ = [
     "DecodeDevice",
     "FileImageDataModule",
     "ImageClassificationDataModule",
+    "check_batch_fits",
     "check_decode_device",
     "check_image_size",
     "check_min_scale",
+    "check_num_workers",
     "check_on_bad_image",
     "default_num_workers",
+    "usable_cpus",
 ]
 
 
@@ -60,16 +64,78 @@ def default_num_workers() -> int:
     Beyond about 8 workers a single GPU's input pipeline stops scaling while memory keeps
     growing; users with faster storage or more GPUs can raise it explicitly.
     """
+    return max(1, min(8, usable_cpus()))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
     try:
-        cpus = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
-        cpus = os.cpu_count() or 1
-    return max(1, min(8, cpus))
+        return os.cpu_count() or 1
 
 
-def check_image_size(image_size: int, minimum: int = 8) -> int:
+#: Loader workers allowed per usable CPU. Each worker decodes on one core, so beyond a few per
+#: core they only queue for the same cores (and torch warns above one), while each one is a
+#: process with its own memory and prefetched batches; 4 leaves room for workers that wait on
+#: slow storage.
+WORKERS_PER_CPU = 4
+
+
+def check_num_workers(num_workers: int | None) -> int | None:
+    """``num_workers`` if this machine can run that many loader workers usefully, else a
+    one-line error saying what fits (:data:`WORKERS_PER_CPU` per usable CPU)."""
+    if num_workers is None:
+        return None
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be None or an int >= 0, got {num_workers!r}")
+    cpus = usable_cpus()
+    if num_workers > WORKERS_PER_CPU * cpus:
+        raise ValueError(
+            f"num_workers={num_workers} is more loader processes than this machine can run: it "
+            f"has {cpus} usable CPUs, so at most {WORKERS_PER_CPU * cpus} workers "
+            f"({WORKERS_PER_CPU} per CPU); leave num_workers unset for {default_num_workers()}"
+        )
+    return num_workers
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, where the OS tells (POSIX ``sysconf``)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_batch_fits(batch_size: int, channels: int, image_size: int) -> None:
+    """Refuse an ``image_size`` whose normalised batch (float32) alone would not fit in this
+    machine's memory, in one line, before any loader or model is built: such a run can only
+    end in an allocation error after everything else was set up."""
+    memory = physical_memory()
+    batch_bytes = 4 * batch_size * channels * image_size * image_size
+    if memory is None or batch_bytes <= memory:
+        return
+    largest = math.isqrt(memory // (4 * batch_size * channels))
+    raise ValueError(
+        f"image_size={image_size} cannot work here: one batch of {batch_size} such images is "
+        f"{_gib(batch_bytes)} as float32, more than this machine's {_gib(memory)} of memory "
+        f"(image_size <= {largest} fits at batch_size={batch_size}, before the model's own "
+        "memory)"
+    )
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:,.1f} GiB"
+
+
+def check_image_size(
+    image_size: int, minimum: int = 8, *, batch_size: int = 1, channels: int = 1
+) -> int:
+    """``image_size`` if it is an int >= ``minimum`` whose batch (``batch_size`` images of
+    ``channels``) fits in memory (:func:`check_batch_fits`), else a one-line error."""
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < minimum:
         raise ValueError(f"image_size must be an int >= {minimum}, got {image_size!r}")
+    check_batch_fits(batch_size, channels, image_size)
     return image_size
 
 
@@ -134,10 +200,7 @@ class ImageClassificationDataModule(LightningDataModule):
         super().__init__()
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if num_workers is not None and (
-            isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0
-        ):
-            raise ValueError(f"num_workers must be None or an int >= 0, got {num_workers!r}")
+        check_num_workers(num_workers)
         if predict_dir is not None and not Path(predict_dir).is_dir():
             raise FileNotFoundError(f"predict_dir={predict_dir!r} is not a folder")
         self.batch_size = batch_size
@@ -214,32 +277,42 @@ class ImageClassificationDataModule(LightningDataModule):
         return default_num_workers()
 
     # ------------------------------------------------------------------ normalisation
-    def normalize(self, images: Tensor) -> Tensor:
-        """uint8 ``(..., C, H, W)`` images to normalised float32, on the images' device.
+    def normalize(self, images: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """uint8 ``(..., C, H, W)`` images to normalised floats (``dtype``, float32 by default),
+        on the images' device.
 
         Float input is taken to be in [0, 1] already and only standardised. This is what the
-        loaders' batches need before they reach a model, for use outside Lightning. On the CPU
-        the result may be written into the memory of an earlier result that nothing refers to
-        any more (see :class:`~datamodules.normalization.BatchNormalizer`).
+        loaders' batches need before they reach a model, for use outside Lightning.
         """
         if self._normalizer is None:
             self._normalizer = BatchNormalizer(self.mean, self.std)
-        return self._normalizer(images)
+        return self._normalizer(images, dtype)
+
+    def _input_dtype(self) -> torch.dtype | None:
+        """The floating dtype the trainer's precision plugin gives the step (bfloat16 under
+        ``bf16-true``, float64 under ``64-true``), asked through its public ``convert_input``:
+        Lightning converts a batch before this hook runs, when the images are still uint8."""
+        trainer = self.trainer
+        if trainer is None:
+            return None
+        return trainer.precision_plugin.convert_input(torch.zeros((), dtype=torch.float32)).dtype
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], Tensor):
-            images = self.normalize(batch[0])
-            return [images, *batch[1:]] if isinstance(batch, list) else (images, *batch[1:])
-        if (  # dense evaluation: one tensor of views per scale (datamodules.eval_views)
-            isinstance(batch, (list, tuple))
-            and batch
-            and isinstance(batch[0], (list, tuple))
-            and batch[0]
-            and all(isinstance(views, Tensor) for views in batch[0])
+        if not isinstance(batch, (list, tuple)) or not batch:
+            return batch
+        first = batch[0]
+        if isinstance(first, Tensor):
+            images: Any = self.normalize(first, self._input_dtype())
+        elif (  # dense evaluation: one tensor of views per scale (datamodules.eval_views)
+            isinstance(first, (list, tuple))
+            and first
+            and all(isinstance(views, Tensor) for views in first)
         ):
-            images = [self.normalize(views) for views in batch[0]]
-            return [images, *batch[1:]] if isinstance(batch, list) else (images, *batch[1:])
-        return batch
+            dtype = self._input_dtype()
+            images = [self.normalize(views, dtype) for views in first]
+        else:
+            return batch
+        return [images, *batch[1:]] if isinstance(batch, list) else (images, *batch[1:])
 
     # ------------------------------------------------------------------ splits
     def setup(self, stage: str | None = None) -> None:
@@ -393,7 +466,7 @@ class FileImageDataModule(ImageClassificationDataModule):
             seed=seed,
             predict_dir=predict_dir,
         )
-        check_image_size(image_size)
+        check_image_size(image_size, batch_size=batch_size, channels=3)
         check_min_scale(min_scale)
         check_on_bad_image(on_bad_image)
         self.decode_device = check_decode_device(decode_device)

@@ -164,8 +164,8 @@ def stack_channels_last(images: list[torch.Tensor]) -> torch.Tensor:
     """Channels-last ``(C, H, W)`` images as one ``(N, C, H, W)`` channels-last batch.
 
     One contiguous copy per image, where stacking them into the default layout transposes each
-    (measured 87-166 us per 224x224 RGB image on one CPU thread against 11); the step's
-    normalisation makes the batch contiguous on its own device.
+    (benchmarks/README.md, 2b); the step's normalisation makes the batch contiguous on its own
+    device.
     """
     return torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
 

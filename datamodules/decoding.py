@@ -2,12 +2,10 @@
 
 Why a fused decode-crop-resize instead of ``PIL.open -> transforms``:
 
-* The crop box is drawn from the header's size before anything is decoded, so the decoder can be
-  chosen per crop (below) and ``Image.draft`` can decode at 1/2, 1/4 or 1/8 scale (DCT scaling)
-  when the region is at least that much larger than the output, which skips most of the work.
-  An ordinary JPEG's header is read from its frame segment here (per ImageNet JPEG in a
-  worker's loop 13 us against 58 for PIL's ``Image.open``; benchmarks/README.md 2b); every other
-  file is opened by PIL, whose checks (decompression bombs, formats) still apply.
+* The crop box is drawn from the header's size (PIL's lazy ``Image.open``) before anything is
+  decoded, so the decoder can be chosen per crop (below) and ``Image.draft`` can decode at 1/2,
+  1/4 or 1/8 scale (DCT scaling) when the region is at least that much larger than the output,
+  which skips most of the work.
 * The result stays uint8 (no ``ToTensor``): 4x less data through worker IPC and host-to-device
   copies; normalisation happens on the accelerator (see ``ImageClassificationDataModule``).
 
@@ -16,8 +14,8 @@ Two decoders, one result (``backend='auto'`` picks per crop, ``'pil'`` forces th
 * torchvision (libjpeg-turbo without PIL's per-tile Python overhead) + a uint8 channels-last
   antialiased bilinear resize in torch (AVX2), for JPEGs stored as RGB/YCbCr or grayscale when
   the box is integral (RandomResizedCrop's always is) and DCT scaling would not apply. That is
-  the typical ImageNet training crop, where it is about 1.4x faster than PIL per worker (see
-  ``benchmarks/README.md``, 2b). The region is sliced before resizing, as torchvision's reference
+  the typical ImageNet training crop, where it is faster than PIL (``benchmarks/README.md``).
+  The region is sliced before resizing, as torchvision's reference
   does, so results match it to within 1 grey level.
 * PIL (``draft`` + ``Image.resize(box=...)``) for everything else: draft-able crops of large
   photos, fractional boxes (evaluation centre crops), CMYK JPEGs, other formats, other modes, and
@@ -35,6 +33,11 @@ because silently grey-filling the missing part of a training image is worse than
 On a GPU, :func:`decode_crops` decodes a batch of JPEGs with nvJPEG
 (``torchvision.io.decode_jpeg(list, device="cuda")``) and crops/resizes them there.
 
+A file is read whole only if its size is one an image could have: up to 16 MiB, or up to
+4 bytes per sample of the image its header describes plus 16 MiB of metadata. Anything larger
+(a 3 GB file named ``.jpg``) is refused in one line naming it after reading its header only; PIL's
+decompression-bomb limit refuses headers that claim too many pixels.
+
 torchvision deprecated its image decoders in 0.29 in favour of TorchCodec; if they disappear
 (or fail to load), every crop silently takes the PIL path, which is slower but gives the same
 images and errors.
@@ -45,7 +48,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import struct
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
@@ -59,25 +61,27 @@ from datamodules.files import display_name
 
 try:
     from torchvision.io import ImageReadMode, decode_jpeg
-
-    # The operator torchvision's ``decode_jpeg`` runs for a CPU tensor, called directly: the
-    # wrapper's per-call deprecation warning and the filter that silenced it cost ~160 us per
-    # ImageNet JPEG in a worker (one A/B run, benchmarks/README.md 2b).
-    _decode_jpeg_op = getattr(torch.ops.image, "decode_jpeg", None)
 except (ImportError, AttributeError, RuntimeError):  # gone from a future torchvision: PIL only
     decode_jpeg = None  # type: ignore[assignment]
-    _decode_jpeg_op = None
+
+# torchvision 0.29 deprecates its decoders in favour of TorchCodec with a warning per call; we
+# know, and fall back to PIL when they go.
+warnings.filterwarnings(
+    "ignore", "The image decoding and encoding", DeprecationWarning, "torchvision"
+)
 
 __all__ = [
     "Box",
     "Header",
     "ImageDecodeError",
     "Source",
+    "check_file_size",
     "decode_crop",
     "decode_crops",
     "decoder_for",
     "image_to_tensor",
     "read_header",
+    "read_image_file",
     "resize_uint8",
 ]
 
@@ -94,18 +98,11 @@ _BACKENDS = ("auto", "pil")
 # formats (TIFF, older PIL versions), and values outside 0..65535 are clipped.
 _WIDE_INTEGER_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 
-# Start-of-frame markers of the JPEGs read without PIL: baseline, extended and progressive
-# Huffman-coded (arithmetic, lossless and hierarchical ones are left to PIL's header parse).
-_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2})
-# Segments that may come before the scan besides the frame header: Huffman and arithmetic
-# coding tables, quantisation tables, restart interval (APPn and COM are 0xE0-0xFE).
-_TABLE_MARKERS = frozenset({0xC4, 0xCC, 0xDB, 0xDD})
-# Segments read before giving up on finding the frame header (PIL then parses the file).
-_MAX_SEGMENTS = 256
-
-# Non-empty until torch has given (and we have silenced) its once-per-process warning about
-# wrapping a read-only buffer.
-_READ_ONLY_WARNING_PENDING = [True]
+# Files up to this size are read whole without further ado; a larger one only after its header
+# says that its image can take that many bytes (see the module docstring).
+_SMALL_FILE = 16 << 20
+# Bytes per sample of the widest images PIL decodes (32-bit integer and float modes).
+_MAX_SAMPLE_BYTES = 4
 
 # JPEG colour spaces libjpeg converts to RGB/L exactly as PIL does. CMYK/YCCK (Adobe's inverted
 # CMYK) stays with PIL, whose handling of it the datasets were checked against.
@@ -142,56 +139,8 @@ class Header(NamedTuple):
     size: tuple[int, int]
 
 
-def _jpeg_header(data: bytes | bytearray | memoryview) -> Header | None:
-    """The header of an 8-bit greyscale or 3-channel JPEG: its frame (SOF) segment, found by
-    walking the segments up to the start of the scan (SOS), where PIL's header parse stops too.
-
-    ``None`` for anything else (CMYK, 12-bit, arithmetic-coded,
-    not a JPEG, a segment cut short or damaged, an image above PIL's decompression-bomb limit):
-    PIL then parses it and raises what it always raised.
-    """
-    view = memoryview(data)
-    if view.nbytes < 4 or view[0] != 0xFF or view[1] != 0xD8:
-        return None
-    header = None
-    at = 2
-    for _ in range(_MAX_SEGMENTS):
-        if at + 4 > view.nbytes or view[at] != 0xFF:
-            return None
-        marker = view[at + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            at += 1
-            continue
-        (length,) = struct.unpack_from(">H", view, at + 2)
-        if length < 2 or at + 2 + length > view.nbytes:
-            return None
-        if marker == 0xDA:  # start of scan: the header is complete
-            return header
-        if marker in _SOF_MARKERS and header is None:
-            if length < 8:
-                return None
-            precision, height, width, channels = struct.unpack_from(">BHHB", view, at + 4)
-            mode = {1: "L", 3: "RGB"}.get(channels)
-            limit = Image.MAX_IMAGE_PIXELS
-            if precision != 8 or mode is None or not (width and height):
-                return None
-            if limit is not None and width * height > limit:
-                return None  # PIL warns or refuses: its check decides, as for every format
-            header = Header("JPEG", mode, (width, height))
-        elif not (marker in _TABLE_MARKERS or 0xE0 <= marker <= 0xFE):
-            return None  # another kind of frame, a second one, or a marker out of place
-        at += 2 + length
-    return None
-
-
-def _parse_header(data: bytes | bytearray | memoryview) -> tuple[Header, Image.Image | None]:
-    """The header of the encoded image ``data``, and PIL's opened (not decoded) image where PIL
-    had to read it (``None`` where :func:`_jpeg_header` did). Raises PIL's errors."""
-    header = _jpeg_header(data)
-    if header is not None:
-        return header, None
-    image = Image.open(io.BytesIO(data))
-    return Header(image.format, image.mode, image.size), image
+def _header(image: Image.Image) -> Header:
+    return Header(image.format, image.mode, image.size)
 
 
 def _to_8_bit(image: Image.Image) -> Image.Image:
@@ -245,14 +194,42 @@ def _decode_error(label: str, err: BaseException) -> ImageDecodeError:
     return ImageDecodeError(f"cannot decode image file {label}: {display_name(reason)}")
 
 
-def _read(source: Source) -> bytes | bytearray | memoryview:
-    """The encoded image: ``source`` itself, or the whole file in one read (parsing the header
-    from a file object and reading it again for the decoder cost ~90 us more per ImageNet JPEG,
-    benchmarks/README.md 2b)."""
+def check_file_size(image: Image.Image, size: int, label: str) -> None:
+    """Refuse, in one line naming the file, a file of ``size`` bytes that is larger than any
+    encoding of ``image`` (opened by PIL, not decoded) needs: see the module docstring."""
+    width, height = image.size
+    largest = _SMALL_FILE + _MAX_SAMPLE_BYTES * width * height * len(image.getbands())
+    if size > largest:
+        raise ImageDecodeError(
+            f"cannot decode image file {label}: it is {size:,} bytes, more than a {width}x{height} "
+            f"{image.format} image can take (at most {largest:,}); not read"
+        )
+
+
+def _read(source: Source, label: str) -> tuple[bytes | bytearray | memoryview, Image.Image]:
+    """The encoded image and PIL's opened (not decoded) image of it; raises PIL's errors, or
+    :class:`ImageDecodeError` for a file larger than any image its header describes."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return source
-    with open(source, "rb") as f:
-        return f.read()
+        return source, Image.open(io.BytesIO(source))
+    with open(source, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > _SMALL_FILE:
+            check_file_size(Image.open(file), size, label)  # reads the header only
+            file.seek(0)
+        data = bytearray(size)  # writable, so that torch can wrap it without a copy
+        del data[file.readinto(data) :]
+    return data, Image.open(io.BytesIO(data))
+
+
+def read_image_file(path: str | os.PathLike) -> bytes:
+    """The bytes of the image file at ``path``, read only once PIL parsed its header and found
+    an image that can take that many bytes; otherwise a one-line :class:`ImageDecodeError`
+    naming the file (``FileNotFoundError`` as is). The error carries no chained cause, so that a
+    worker's traceback (litdata's, in ``prepare``) starts with this line."""
+    try:
+        return read_header(path)[0]
+    except ImageDecodeError as err:
+        raise ImageDecodeError(str(err)) from None
 
 
 def _check_source(source: object) -> None:
@@ -280,7 +257,7 @@ def decoder_for(
     """Which decoder :func:`decode_crop` (``backend='auto'``) uses for this crop of an image
     (its :class:`Header`, or PIL's opened image): torchvision where it gives the same image
     faster than PIL."""
-    if _decode_jpeg_op is None or header.format != "JPEG" or header.mode not in _FAST_JPEG_MODES:
+    if decode_jpeg is None or header.format != "JPEG" or header.mode not in _FAST_JPEG_MODES:
         return "pil"
     if mode not in _FAST_JPEG_MODES:
         return "pil"
@@ -305,32 +282,17 @@ def _decode_jpeg(
 ) -> list[torch.Tensor] | None:
     """torchvision's decode, or ``None`` where it refuses the data (PIL then decides)."""
     read_mode = ImageReadMode.RGB if mode == "RGB" else ImageReadMode.GRAY
-    try:
-        if device.type == "cpu":
-            # no EXIF rotation, as PIL's decode (and torchvision's default)
-            return [
-                _decode_jpeg_op(_encoded(data), read_mode.value, False)  # type: ignore[misc]
-                for data in datas
-            ]
-        with warnings.catch_warnings():
-            # Deprecated since torchvision 0.29; if it goes, decode_jpeg is None (PIL path).
-            warnings.filterwarnings("ignore", "The image decoding and encoding", DeprecationWarning)
-            return decode_jpeg([_encoded(data) for data in datas], mode=read_mode, device=device)
+    try:  # no EXIF rotation, as PIL's decode (and torchvision's default)
+        return decode_jpeg([_encoded(data) for data in datas], mode=read_mode, device=device)
     except (RuntimeError, ValueError):  # libjpeg/nvJPEG errors; ValueError: an empty buffer
         return None
 
 
 def _encoded(data: bytes | bytearray | memoryview) -> torch.Tensor:
-    """``data`` as a uint8 tensor, not copied. The decoders only read it, so read-only bytes are
-    fine; torch warns about those once per process, and that one warning is silenced here (a
-    ``catch_warnings`` around every image cost more than the header parse)."""
-    if not _READ_ONLY_WARNING_PENDING or not memoryview(data).readonly:
-        return torch.frombuffer(data, dtype=torch.uint8)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarning)
-        tensor = torch.frombuffer(data, dtype=torch.uint8)
-    _READ_ONLY_WARNING_PENDING.clear()
-    return tensor
+    """``data`` as a uint8 tensor; a read-only buffer is copied (torch wraps writable ones)."""
+    if memoryview(data).readonly:
+        data = bytearray(data)
+    return torch.frombuffer(data, dtype=torch.uint8)
 
 
 def _crop_resize(
@@ -391,8 +353,8 @@ def decode_crop(
     _check_options(out_size, backend)
     label = _label(source, name)
     try:
-        data = _read(source)
-        header, image = _parse_header(data)
+        data, image = _read(source, label)
+        header = _header(image)
         box = box_fn(header)
         if backend == "auto" and decoder_for(header, box, out_size, mode) == "torchvision":
             decoded = _decode_jpeg([data], mode, torch.device("cpu"))
@@ -401,10 +363,8 @@ def decode_crop(
                 if out is not None:
                     return out
             # torchvision refused it: PIL decodes it, or raises the error it always did
-        if image is None:
-            image = Image.open(io.BytesIO(data))
         return _pil_crop(image, box, out_size, mode)
-    except FileNotFoundError:
+    except (FileNotFoundError, ImageDecodeError):
         raise
     except Exception as err:  # PIL raises OSError, SyntaxError, struct.error, ... on bad data
         raise _decode_error(label, err) from err
@@ -416,9 +376,9 @@ def read_header(source: Source, name: str | None = None) -> tuple[bytes, Header,
     _check_source(source)
     label = _label(source, name)
     try:
-        data = bytes(_read(source))  # bytes: an EncodedCrop travels between processes
-        return data, _parse_header(data)[0], label
-    except FileNotFoundError:
+        data, image = _read(source, label)
+        return bytes(data), _header(image), label  # bytes: an EncodedCrop travels to processes
+    except (FileNotFoundError, ImageDecodeError):
         raise
     except Exception as err:
         raise _decode_error(label, err) from err
@@ -483,16 +443,12 @@ def decode_crops(
     sizes: list[tuple[int, int]] = []
     for i, source in enumerate(sources):
         try:
-            data = _read(source)
+            data, image = _read(source, _label(source, labels[i]))
+            header = _header(image)
+            fast = decoder_for(header, boxes[i], out_size, mode) == "torchvision"
         except FileNotFoundError:
             raise
-        except OSError:
-            out[i] = on_cpu(i)  # raises the ImageDecodeError decode_crop gives
-            continue
-        try:
-            header = _parse_header(data)[0]
-            fast = decoder_for(header, boxes[i], out_size, mode) == "torchvision"
-        except Exception:
+        except Exception:  # decode_crop raises the error it gives for this file
             fast = False
         if fast:
             on_device.append(i)

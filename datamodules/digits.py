@@ -85,7 +85,7 @@ class DigitsDataModule(ImageClassificationDataModule):
             seed=seed,
             predict_dir=predict_dir,
         )
-        check_image_size(image_size)
+        check_image_size(image_size, batch_size=batch_size)
         self._image_size = image_size
         self.val_split = check_split_size(val_split, "val_split")
         self.test_split = check_split_size(test_split, "test_split")

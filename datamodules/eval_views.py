@@ -47,7 +47,7 @@ from torchvision.transforms import functional as F
 from torchvision.transforms.v2 import functional as F2
 
 from datamodules.datasets import ArrayImageDataset, FileImageDataset
-from datamodules.decoding import ImageDecodeError, image_to_tensor
+from datamodules.decoding import ImageDecodeError, check_file_size, image_to_tensor
 from datamodules.files import display_name
 from datamodules.transforms import CenterCropDecode
 
@@ -134,6 +134,7 @@ def decode_full(path: str, mode: str = "RGB") -> Image.Image:
     try:
         with open(path, "rb") as handle:
             image = Image.open(handle)
+            check_file_size(image, os.fstat(handle.fileno()).st_size, display_name(path))
             image.load()
         if image.mode in _WIDE_INTEGER_MODES:
             values = np.asarray(image)
@@ -142,7 +143,7 @@ def decode_full(path: str, mode: str = "RGB") -> Image.Image:
             image = Image.fromarray((values >> 8).astype(np.uint8))
         if image.mode != mode:
             image = image.convert(mode)
-    except FileNotFoundError:
+    except (FileNotFoundError, ImageDecodeError):
         raise
     except Exception as err:  # PIL raises OSError, SyntaxError, struct.error, ... on bad data
         if isinstance(err, UnidentifiedImageError):  # its message repeats the file object

@@ -52,6 +52,7 @@ from PIL import Image
 
 from datamodules.base import ImageClassificationDataModule, default_num_workers
 from datamodules.datasets import ArrayImageDataset, FileImageDataset
+from datamodules.decoding import read_image_file
 from datamodules.files import display_name
 from datamodules.streaming import (
     FORMAT,
@@ -111,8 +112,7 @@ class FileSamples:
 
     def __call__(self, index: int) -> dict[str, Any]:
         path = self.dataset.path(index)
-        with open(path, "rb") as handle:
-            data = handle.read()
+        data = read_image_file(path)  # not a byte of a file larger than its image can be
         try:
             with Image.open(io.BytesIO(data)) as image:
                 image.size  # noqa: B018  (the header is parsed: the file is an image PIL reads)

@@ -238,7 +238,7 @@ class STL10DataModule(ImageClassificationDataModule):
             isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < NUM_FOLDS
         ):
             raise ValueError(f"fold must be None or an int in 0..9, got {fold!r}")
-        check_image_size(image_size)
+        check_image_size(image_size, batch_size=batch_size, channels=3)
         # Against the official release's sizes, so a hold-out that could never fit fails here;
         # the files themselves are checked in setup.
         resolve_split_size(val_split, FOLD_IMAGES if fold is not None else TRAIN_IMAGES)

@@ -1,10 +1,10 @@
 """The standard ImageNet-style transforms, applied while decoding a file.
 
-Training: RandomResizedCrop (scale, ratio as torchvision; the crop box is drawn as torchvision's
-``RandomResizedCrop.get_params`` draws it, from the same random numbers, so the crops are the
-reference's) and a random horizontal flip. Evaluation: resize the shorter side to
-``resize_size`` and take the central ``size`` x ``size`` square, the classic 256 -> 224
-protocol (``resize_size`` defaults to ``size * 256 / 224``, e.g. 259 for AlexNet's 227 crops).
+Training: RandomResizedCrop (scale, ratio and the crop box drawn by torchvision's
+``RandomResizedCrop.get_params``, so the crops are the reference's) and a random horizontal
+flip. Evaluation: resize the shorter side to ``resize_size`` and take the central ``size`` x
+``size`` square, the classic 256 -> 224 protocol (``resize_size`` defaults to
+``size * 256 / 224``, e.g. 259 for AlexNet's 227 crops).
 
 Each transform is a callable ``path -> (C, H, W) uint8 tensor`` so that the crop is known before
 decoding (see :mod:`datamodules.decoding` for why that is faster). The path may also be the
@@ -16,12 +16,11 @@ worker without decoding, and :func:`decode_encoded` decodes a batch of those on 
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+from torchvision.transforms import RandomResizedCrop
 
 from datamodules.decoding import (
     Backend,
@@ -47,35 +46,11 @@ def random_resized_crop_box(
     width: int, height: int, scale: Sequence[float], ratio: Sequence[float]
 ) -> Box:
     """torchvision's ``RandomResizedCrop.get_params`` for a ``width`` x ``height`` image, as a box
-    (left, top, right, bottom): the same random numbers and the same crop (a test holds it to
-    torchvision's), without the per-call tensor for the log ratios and image-size lookup, which
-    cost a worker ~40 us of its ~75 per ImageNet JPEG (benchmarks/README.md 2b)."""
-    area = width * height
-    log_low, log_high = _log_ratio(tuple(ratio))
-    for _ in range(10):
-        target_area = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
-        aspect = torch.exp(torch.empty(1).uniform_(log_low, log_high)).item()
-        w = round(math.sqrt(target_area * aspect))
-        h = round(math.sqrt(target_area / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, size=(1,)))
-            left = int(torch.randint(0, width - w + 1, size=(1,)))
-            return (left, top, left + w, top + h)
-    # ten misses: the centre of the image at the nearest allowed aspect ratio
-    if width / height < min(ratio):
-        w, h = width, round(width / min(ratio))
-    elif width / height > max(ratio):
-        w, h = round(height * max(ratio)), height
-    else:
-        w, h = width, height
-    top, left = (height - h) // 2, (width - w) // 2
+    (left, top, right, bottom). It reads only the image's size, so a zero-stride tensor of that
+    size stands in for the image (nothing is allocated or decoded)."""
+    stand_in = torch.empty(()).expand(1, height, width)
+    top, left, h, w = RandomResizedCrop.get_params(stand_in, list(scale), list(ratio))
     return (left, top, left + w, top + h)
-
-
-@functools.lru_cache(maxsize=16)
-def _log_ratio(ratio: tuple[float, ...]) -> tuple[float, float]:
-    low, high = torch.log(torch.tensor(ratio)).tolist()  # in float32, as torchvision has them
-    return low, high
 
 
 def default_resize_size(size: int) -> int:

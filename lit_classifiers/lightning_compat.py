@@ -118,23 +118,7 @@ PRIVATE_APIS: tuple[PrivateApi, ...] = (
         "lit_classifiers/cli.py", "_split_lines", "argparse:HelpFormatter._split_lines", "same"
     ),
     PrivateApi("lit_classifiers/cli.py", "_prog", "argparse:HelpFormatter", "same"),
-    # The data pipeline (issue 21 section 1 removes the normalisation and decoding ones).
-    PrivateApi(
-        "datamodules/normalization.py",
-        "_use_count",
-        "torch:Tensor._use_count",
-        "reuses a batch's buffer when nothing else holds it",
-    ),
-    PrivateApi(
-        "datamodules/normalization.py", "_storage_Use_Count", "torch._C:_storage_Use_Count", "same"
-    ),
-    PrivateApi("datamodules/normalization.py", "_cdata", "torch:UntypedStorage._cdata", "same"),
-    PrivateApi(
-        "datamodules/decoding.py",
-        "torch.ops.image",
-        "torchvision.io:decode_jpeg",
-        "torchvision's decode operator without its per-call deprecation warning",
-    ),
+    # The data pipeline.
     PrivateApi(
         "benchmarks/gpu_resnet50.py",
         "_compiled_call_impl",
