@@ -42,9 +42,6 @@ from datamodules import DigitsDataModule
 from lit_classifiers import BodyFinetuning, ClassifierModule
 
 SIZE = 8
-NEEDS_DATA_HOT = pytest.mark.xfail(
-    strict=True, reason="needs data-hot: the batch in the precision plugin's dtype"
-)
 
 
 def digits(**kwargs: Any) -> DigitsDataModule:
@@ -195,9 +192,6 @@ def test_validate_then_fit() -> None:
     assert tr.global_step == 2 and before["val/loss"] != after["val/loss"]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs data-hot: the datamodule's normaliser reuses an inference tensor"
-)
 def test_validate_then_fit_on_the_datamodule() -> None:
     model, dm = resnet20(), digits()
     tr = trainer(max_steps=2)
@@ -244,8 +238,8 @@ def test_gradient_clipping(algorithm: str) -> None:
     "precision",
     [
         "bf16-mixed",
-        pytest.param("bf16-true", marks=NEEDS_DATA_HOT),
-        pytest.param("64-true", marks=NEEDS_DATA_HOT),
+        "bf16-true",
+        "64-true",
     ],
 )
 def test_precision(precision: str) -> None:
