@@ -9,6 +9,9 @@
 * :class:`ClassifierTensorBoardLogger` is a ``TensorBoardLogger`` whose Scalars view opens on
   ``train/`` and ``val/``: it leaves out Lightning's ``epoch`` and ``hp_metric`` scalars and
   plots the once-per-epoch metrics (``val/*``, ``test/*``, ``train/acc1``) against the epoch.
+* :class:`InputPreprocessing` stores in every checkpoint how an image becomes the network's
+  input at evaluation (resize, crop, channels, mean, std), so ``lit-classifiers export`` can
+  write it beside the exported file. The module attaches one too.
 * :func:`check_finite_loss` stops training at the first non-finite loss, before the optimizer
   step that would spread it into the weights.
 """
@@ -38,13 +41,16 @@ from lit_classifiers.predictions import readable_text
 __all__ = [
     "CUSTOM_SCALARS_LAYOUT",
     "HPARAMS_METRICS",
+    "PREPROCESSING_KEY",
     "ClassifierTensorBoard",
     "ClassifierTensorBoardLogger",
+    "InputPreprocessing",
     "NonFiniteLossError",
     "check_finite_loss",
     "confusion_matrix_figure",
     "folder_has_hparams",
     "hparams_summaries",
+    "input_preprocessing",
     "misclassified_figure",
     "run_hparams",
 ]
@@ -585,3 +591,64 @@ def misclassified_figure(images: Tensor, true: Sequence[str], predicted: Sequenc
         axes.axis("off")
     figure.tight_layout()
     return figure
+
+
+# ------------------------------------------------------------------------------ preprocessing
+#: The checkpoint key under which :class:`InputPreprocessing` stores the evaluation input.
+PREPROCESSING_KEY = "lit_classifiers_preprocessing"
+
+
+def input_preprocessing(trainer: pl.Trainer) -> dict[str, Any] | None:
+    """How the trainer's datamodule turns an image into the network's evaluation input.
+
+    The single-view (``center``) path of :mod:`datamodules.eval_views`: the shorter side
+    resized to ``resize_size`` (bilinear, antialiased: PIL's ``Image.resize`` for files), the
+    central ``crop_size`` square, then ``(x / 255 - mean) / std`` per channel. The names follow
+    timm's pretrained configs and Hugging Face's image processors. ``None`` for a datamodule
+    that declares no :class:`~datamodules.info.DatasetInfo`.
+    """
+    info = dataset_info(trainer)
+    if info is None:
+        return None
+    datamodule = trainer.datamodule
+    resize = getattr(datamodule, "eval_resize_size", None)
+    size = info.image_size
+    return {
+        "input_size": [info.in_channels, size, size],
+        "channel_order": "RGB" if info.in_channels == 3 else "L (grayscale)",
+        "resize": {
+            "shortest_edge": int(resize) if isinstance(resize, int) else None,
+            "longest_edge": "int(shortest_edge * longer / shorter), truncated",
+            "interpolation": "bilinear",
+            "antialias": True,
+            "as": "torchvision.transforms.Resize(shortest_edge) on a PIL image "
+            "(PIL Image.resize with BILINEAR)",
+        },
+        "crop": {
+            "mode": "center",
+            "height": size,
+            "width": size,
+            "as": "torchvision.transforms.CenterCrop: top = round((H - height) / 2), "
+            "left = round((W - width) / 2)",
+        },
+        "value_range": [0, 255],  # uint8 pixels
+        "rescale_factor": 1 / 255,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "dataset": info.name,
+    }
+
+
+class InputPreprocessing(Callback):
+    """Stores :func:`input_preprocessing` in every checkpoint (under :data:`PREPROCESSING_KEY`).
+
+    Plain numbers and strings, so ``torch.load(weights_only=True)`` reads it; nothing is stored
+    when the datamodule declares no :class:`~datamodules.info.DatasetInfo`.
+    """
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        description = input_preprocessing(trainer)
+        if description is not None:
+            checkpoint[PREPROCESSING_KEY] = description
