@@ -12,6 +12,10 @@
 * :class:`InputPreprocessing` stores in every checkpoint how an image becomes the network's
   input at evaluation (resize, crop, channels, mean, std), so ``lit-classifiers export`` can
   write it beside the exported file. The module attaches one too.
+* :class:`StepLogInterval` logs per-step scalars (``train/loss``, ``train/lr``) every step of a
+  short epoch instead of Lightning's every 50 steps; the module attaches one.
+* :class:`EpochSummary` prints one line per epoch (metrics and time), the output for a file or a
+  pipe, where a progress bar would write hundreds of lines; see :func:`progress_defaults`.
 * :func:`check_finite_loss` stops training at the first non-finite loss, before the optimizer
   step that would spread it into the weights.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -44,14 +49,17 @@ __all__ = [
     "PREPROCESSING_KEY",
     "ClassifierTensorBoard",
     "ClassifierTensorBoardLogger",
+    "EpochSummary",
     "InputPreprocessing",
     "NonFiniteLossError",
+    "StepLogInterval",
     "check_finite_loss",
     "confusion_matrix_figure",
     "folder_has_hparams",
     "hparams_summaries",
     "input_preprocessing",
     "misclassified_figure",
+    "progress_defaults",
     "run_hparams",
 ]
 
@@ -393,6 +401,8 @@ class ClassifierTensorBoard(Callback):
         self._declared: set[str] = set()
         self._active = False
         self._confmat: MulticlassConfusionMatrix | None = None
+        #: The last validation epoch's counts: rows are true classes, columns predicted ones.
+        self.confusion_matrix: Tensor | None = None
         self._images: list[Tensor] = []
         self._true: list[int] = []
         self._pred: list[int] = []
@@ -482,6 +492,7 @@ class ClassifierTensorBoard(Callback):
         if not self._active:
             return
         matrix = self._confmat.compute() if self._confmat is not None else None  # all ranks sync
+        self.confusion_matrix = matrix.cpu() if matrix is not None else None
         logger = _tensorboard(trainer)
         if not trainer.is_global_zero or logger is None:
             return
@@ -652,3 +663,92 @@ class InputPreprocessing(Callback):
         description = input_preprocessing(trainer)
         if description is not None:
             checkpoint[PREPROCESSING_KEY] = description
+
+
+# ------------------------------------------------------------------------------ what a run shows
+#: Lightning's ``Trainer(log_every_n_steps=...)`` default.
+LIGHTNING_LOG_EVERY = 50
+#: Per-step scalars get at least this many points per epoch when Lightning's default is in use.
+POINTS_PER_EPOCH = 20
+
+
+def step_log_interval(batches_per_epoch: int | float, log_every_n_steps: int) -> int:
+    """The logging interval for an epoch of ``batches_per_epoch`` optimizer steps.
+
+    Lightning's default of 50 leaves a 15-batch epoch with no point at all; in its place, at
+    least :data:`POINTS_PER_EPOCH` points per epoch (every step up to 39 batches), never sparser
+    than 50. Any other value was chosen by the user and is kept.
+    """
+    if log_every_n_steps != LIGHTNING_LOG_EVERY or not math.isfinite(batches_per_epoch):
+        return log_every_n_steps
+    return max(1, min(LIGHTNING_LOG_EVERY, int(batches_per_epoch) // POINTS_PER_EPOCH))
+
+
+class StepLogInterval(Callback):
+    """Sets ``trainer.log_every_n_steps`` from the epoch length (:func:`step_log_interval`).
+
+    A ``log_every_n_steps`` of exactly 50 cannot be told from Lightning's default, and is
+    replaced like it.
+    """
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        steps = trainer.num_training_batches / max(1, trainer.accumulate_grad_batches)
+        trainer.log_every_n_steps = step_log_interval(steps, trainer.log_every_n_steps)
+
+
+def _format_metric(value: Any) -> str:
+    number = float(value.item() if isinstance(value, Tensor) else value)
+    return f"{number:.4g}"
+
+
+class EpochSummary(Callback):
+    """One line per training epoch on standard output: the epoch's metrics and its time.
+
+    ``epoch 3/8  train/loss 0.6812  train/lr 0.05  val/acc1 0.7667  val/acc5 1  val/loss 0.6345
+    8.1 s``
+
+    The metrics are those logged by the callbacks' end of the epoch: ``train/loss`` of the last
+    step, the rate and the validation metrics (``train/acc1``, logged by the module's own epoch
+    end afterwards, is on TensorBoard). The time runs from the start of the epoch's first batch
+    to the end of its validation. What
+    a run under CI, ``nohup`` or SLURM writes instead of a progress bar (see
+    :func:`progress_defaults`); printed by the global rank 0 only.
+    """
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__()
+        self.stream = stream
+        self._started = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        seconds = time.perf_counter() - self._started
+        total = trainer.max_epochs
+        epoch = f"epoch {trainer.current_epoch + 1}" + (
+            f"/{total}" if total is not None and total > 0 else ""
+        )
+        metrics = trainer.callback_metrics
+        shown = sorted(
+            (name for name in metrics if name.startswith(("train/", "val/"))),
+            key=lambda name: (not name.startswith("train/"), "/lr" in name, name),
+        )
+        fields = [f"{name} {_format_metric(metrics[name])}" for name in shown]
+        stream = self.stream if self.stream is not None else sys.stdout
+        print("  ".join([epoch, *fields, f"{seconds:.1f} s"]), file=stream, flush=True)
+
+
+def progress_defaults(stream: Any = None) -> dict[str, Any]:
+    """Trainer defaults for the output ``stream`` (standard output by default).
+
+    A terminal keeps Lightning's progress bar; a file or a pipe gets :class:`EpochSummary`
+    instead (``--trainer.enable_progress_bar true`` brings the bar back beside it).
+    """
+    stream = stream if stream is not None else sys.stdout
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        return {}
+    return {"enable_progress_bar": False, "callbacks": [EpochSummary()]}

@@ -62,6 +62,7 @@ from datamodules.info import dataset_info
 from lit_classifiers.callbacks import (
     ClassifierTensorBoard,
     InputPreprocessing,
+    StepLogInterval,
     check_finite_loss,
 )
 from lit_classifiers.checkpoint_io import (
@@ -511,7 +512,7 @@ class ClassifierModule(pl.LightningModule):
         # Not when the user configured their own: Lightning would replace theirs with this one.
         trainer = self._attached_trainer()
         trainer_callbacks = trainer.callbacks if trainer is not None else []
-        wanted = (ClassifierTensorBoard, InputPreprocessing)
+        wanted = (ClassifierTensorBoard, InputPreprocessing, StepLogInterval)
         return [
             kind() for kind in wanted if not any(isinstance(cb, kind) for cb in trainer_callbacks)
         ]
