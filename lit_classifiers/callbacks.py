@@ -691,9 +691,22 @@ class StepLogInterval(Callback):
     replaced like it.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._chosen: int | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Every step until the epoch length is known: Lightning then warns that an epoch is
+        # shorter than the interval only where a value the user chose makes it so.
+        self._chosen = trainer.log_every_n_steps
+        if self._chosen == LIGHTNING_LOG_EVERY:
+            trainer.log_every_n_steps = 1
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._chosen is None:
+            return
         steps = trainer.num_training_batches / max(1, trainer.accumulate_grad_batches)
-        trainer.log_every_n_steps = step_log_interval(steps, trainer.log_every_n_steps)
+        trainer.log_every_n_steps = step_log_interval(steps, self._chosen)
 
 
 def _format_metric(value: Any) -> str:

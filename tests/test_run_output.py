@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,10 @@ def test_a_short_epoch_logs_the_loss_and_rate_at_every_step(tmp_path: Path) -> N
     module = ClassifierModule(TinyNet(), num_classes=5)
     logger = TensorBoardLogger(tmp_path, name="run", version=0)
     trainer = make_trainer(logger=logger, max_epochs=2, limit_val_batches=0)
-    trainer.fit(module, make_loader(37, batch_size=4))  # 10 batches per epoch
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(module, make_loader(37, batch_size=4))  # 10 batches per epoch
+    assert not [w for w in caught if "logging interval" in str(w.message)]  # Lightning's
     points = scalars(Path(logger.log_dir))
     # Lightning's default interval of 50 would give no point at all in these 20 steps.
     assert len(points["train/loss"]) == 20
