@@ -722,9 +722,9 @@ class EpochSummary(Callback):
 
     The metrics are those logged by the callbacks' end of the epoch: ``train/loss`` of the last
     step, the rate and the validation metrics (``train/acc1``, logged by the module's own epoch
-    end afterwards, is on TensorBoard). The time runs from the start of the epoch's first batch
-    to the end of its validation. What
-    a run under CI, ``nohup`` or SLURM writes instead of a progress bar (see
+    end afterwards, is left out, and is on TensorBoard). The time runs from the start of the
+    epoch's first batch to the end of its validation. What a run under CI, ``nohup`` or SLURM
+    writes instead of a progress bar (see
     :func:`progress_defaults`); printed by the global rank 0 only.
     """
 
@@ -745,8 +745,14 @@ class EpochSummary(Callback):
             f"/{total}" if total is not None and total > 0 else ""
         )
         metrics = trainer.callback_metrics
+        # train/acc1 is logged by the module's epoch end, after this hook: what is there now
+        # is the previous epoch's.
         shown = sorted(
-            (name for name in metrics if name.startswith(("train/", "val/"))),
+            (
+                name
+                for name in metrics
+                if name.startswith(("train/", "val/")) and not name.startswith("train/acc")
+            ),
             key=lambda name: (not name.startswith("train/"), "/lr" in name, name),
         )
         fields = [f"{name} {_format_metric(metrics[name])}" for name in shown]

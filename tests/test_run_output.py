@@ -68,6 +68,7 @@ def test_epoch_summary_prints_one_line_per_epoch_with_metrics_and_time() -> None
     lines = out.getvalue().splitlines()
     assert [line.split("  ")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
     number = r"-?[\d.]+(e[+-]\d+)?"
+    assert "train/acc1" not in out.getvalue()  # logged after the line: it would be stale
     for line in lines:
         fields = rf"  train/loss {number}  train/lr {number}  val/acc1 {number}  val/acc5 {number}"
         assert re.search(rf"{fields}  val/loss {number}  {number} s$", line), line
