@@ -9,6 +9,13 @@
 * :class:`ClassifierTensorBoardLogger` is a ``TensorBoardLogger`` whose Scalars view opens on
   ``train/`` and ``val/``: it leaves out Lightning's ``epoch`` and ``hp_metric`` scalars and
   plots the once-per-epoch metrics (``val/*``, ``test/*``, ``train/acc1``) against the epoch.
+* :class:`InputPreprocessing` stores in every checkpoint how an image becomes the network's
+  input at evaluation (resize, crop, channels, mean, std), so ``lit-classifiers export`` can
+  write it beside the exported file. The module attaches one too.
+* :class:`StepLogInterval` logs per-step scalars (``train/loss``, ``train/lr``) every step of a
+  short epoch instead of Lightning's every 50 steps; the module attaches one.
+* :class:`EpochSummary` prints one line per epoch (metrics and time), the output for a file or a
+  pipe, where a progress bar would write hundreds of lines; see :func:`progress_defaults`.
 * :func:`check_finite_loss` stops training at the first non-finite loss, before the optimizer
   step that would spread it into the weights.
 """
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -38,14 +46,20 @@ from lit_classifiers.predictions import readable_text
 __all__ = [
     "CUSTOM_SCALARS_LAYOUT",
     "HPARAMS_METRICS",
+    "PREPROCESSING_KEY",
     "ClassifierTensorBoard",
     "ClassifierTensorBoardLogger",
+    "EpochSummary",
+    "InputPreprocessing",
     "NonFiniteLossError",
+    "StepLogInterval",
     "check_finite_loss",
     "confusion_matrix_figure",
     "folder_has_hparams",
     "hparams_summaries",
+    "input_preprocessing",
     "misclassified_figure",
+    "progress_defaults",
     "run_hparams",
 ]
 
@@ -387,6 +401,8 @@ class ClassifierTensorBoard(Callback):
         self._declared: set[str] = set()
         self._active = False
         self._confmat: MulticlassConfusionMatrix | None = None
+        #: The last validation epoch's counts: rows are true classes, columns predicted ones.
+        self.confusion_matrix: Tensor | None = None
         self._images: list[Tensor] = []
         self._true: list[int] = []
         self._pred: list[int] = []
@@ -476,6 +492,7 @@ class ClassifierTensorBoard(Callback):
         if not self._active:
             return
         matrix = self._confmat.compute() if self._confmat is not None else None  # all ranks sync
+        self.confusion_matrix = matrix.cpu() if matrix is not None else None
         logger = _tensorboard(trainer)
         if not trainer.is_global_zero or logger is None:
             return
@@ -585,3 +602,172 @@ def misclassified_figure(images: Tensor, true: Sequence[str], predicted: Sequenc
         axes.axis("off")
     figure.tight_layout()
     return figure
+
+
+# ------------------------------------------------------------------------------ preprocessing
+#: The checkpoint key under which :class:`InputPreprocessing` stores the evaluation input.
+PREPROCESSING_KEY = "lit_classifiers_preprocessing"
+
+
+def input_preprocessing(trainer: pl.Trainer) -> dict[str, Any] | None:
+    """How the trainer's datamodule turns an image into the network's evaluation input.
+
+    The single-view (``center``) path of :mod:`datamodules.eval_views`: the shorter side
+    resized to ``resize_size`` (bilinear, antialiased: PIL's ``Image.resize`` for files), the
+    central ``crop_size`` square, then ``(x / 255 - mean) / std`` per channel. The names follow
+    timm's pretrained configs and Hugging Face's image processors. ``None`` for a datamodule
+    that declares no :class:`~datamodules.info.DatasetInfo`.
+    """
+    info = dataset_info(trainer)
+    if info is None:
+        return None
+    datamodule = trainer.datamodule
+    resize = getattr(datamodule, "eval_resize_size", None)
+    size = info.image_size
+    return {
+        "input_size": [info.in_channels, size, size],
+        "channel_order": "RGB" if info.in_channels == 3 else "L (grayscale)",
+        "resize": {
+            "shortest_edge": int(resize) if isinstance(resize, int) else None,
+            "longest_edge": "int(shortest_edge * longer / shorter), truncated",
+            "interpolation": "bilinear",
+            "antialias": True,
+            "as": "torchvision.transforms.Resize(shortest_edge) on a PIL image "
+            "(PIL Image.resize with BILINEAR)",
+        },
+        "crop": {
+            "mode": "center",
+            "height": size,
+            "width": size,
+            "as": "torchvision.transforms.CenterCrop: top = round((H - height) / 2), "
+            "left = round((W - width) / 2)",
+        },
+        "value_range": [0, 255],  # uint8 pixels
+        "rescale_factor": 1 / 255,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "dataset": info.name,
+    }
+
+
+class InputPreprocessing(Callback):
+    """Stores :func:`input_preprocessing` in every checkpoint (under :data:`PREPROCESSING_KEY`).
+
+    Plain numbers and strings, so ``torch.load(weights_only=True)`` reads it; nothing is stored
+    when the datamodule declares no :class:`~datamodules.info.DatasetInfo`.
+    """
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        description = input_preprocessing(trainer)
+        if description is not None:
+            checkpoint[PREPROCESSING_KEY] = description
+
+
+# ------------------------------------------------------------------------------ what a run shows
+#: Lightning's ``Trainer(log_every_n_steps=...)`` default.
+LIGHTNING_LOG_EVERY = 50
+#: Per-step scalars get at least this many points per epoch when Lightning's default is in use.
+POINTS_PER_EPOCH = 20
+
+
+def step_log_interval(batches_per_epoch: int | float, log_every_n_steps: int) -> int:
+    """The logging interval for an epoch of ``batches_per_epoch`` optimizer steps.
+
+    Lightning's default of 50 leaves a 15-batch epoch with no point at all; in its place, at
+    least :data:`POINTS_PER_EPOCH` points per epoch (every step up to 39 batches), never sparser
+    than 50. Any other value was chosen by the user and is kept.
+    """
+    if log_every_n_steps != LIGHTNING_LOG_EVERY or not math.isfinite(batches_per_epoch):
+        return log_every_n_steps
+    return max(1, min(LIGHTNING_LOG_EVERY, int(batches_per_epoch) // POINTS_PER_EPOCH))
+
+
+class StepLogInterval(Callback):
+    """Sets ``trainer.log_every_n_steps`` from the epoch length (:func:`step_log_interval`).
+
+    A ``log_every_n_steps`` of exactly 50 cannot be told from Lightning's default, and is
+    replaced like it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chosen: int | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Every step until the epoch length is known: Lightning then warns that an epoch is
+        # shorter than the interval only where a value the user chose makes it so.
+        self._chosen = trainer.log_every_n_steps
+        if self._chosen == LIGHTNING_LOG_EVERY:
+            trainer.log_every_n_steps = 1
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._chosen is None:
+            return
+        steps = trainer.num_training_batches / max(1, trainer.accumulate_grad_batches)
+        trainer.log_every_n_steps = step_log_interval(steps, self._chosen)
+
+
+def _format_metric(value: Any) -> str:
+    number = float(value.item() if isinstance(value, Tensor) else value)
+    return f"{number:.4g}"
+
+
+class EpochSummary(Callback):
+    """One line per training epoch on standard output: the epoch's metrics and its time.
+
+    ``epoch 3/8  train/loss 0.6812  train/lr 0.05  val/acc1 0.7667  val/acc5 1  val/loss 0.6345
+    8.1 s``
+
+    The metrics are those logged by the callbacks' end of the epoch: ``train/loss`` of the last
+    step, the rate and the validation metrics (``train/acc1``, logged by the module's own epoch
+    end afterwards, is left out, and is on TensorBoard). The time runs from the start of the
+    epoch's first batch to the end of its validation. What a run under CI, ``nohup`` or SLURM
+    writes instead of a progress bar (see
+    :func:`progress_defaults`); printed by the global rank 0 only.
+    """
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__()
+        self.stream = stream
+        self._started = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        seconds = time.perf_counter() - self._started
+        total = trainer.max_epochs
+        epoch = f"epoch {trainer.current_epoch + 1}" + (
+            f"/{total}" if total is not None and total > 0 else ""
+        )
+        metrics = trainer.callback_metrics
+        # train/acc1 is logged by the module's epoch end, after this hook: what is there now
+        # is the previous epoch's.
+        shown = sorted(
+            (
+                name
+                for name in metrics
+                if name.startswith(("train/", "val/")) and not name.startswith("train/acc")
+            ),
+            key=lambda name: (not name.startswith("train/"), "/lr" in name, name),
+        )
+        fields = [f"{name} {_format_metric(metrics[name])}" for name in shown]
+        stream = self.stream if self.stream is not None else sys.stdout
+        print("  ".join([epoch, *fields, f"{seconds:.1f} s"]), file=stream, flush=True)
+
+
+def progress_defaults(stream: Any = None) -> dict[str, Any]:
+    """Trainer defaults for the output ``stream`` (standard output by default).
+
+    A terminal keeps Lightning's progress bar; a file or a pipe gets :class:`EpochSummary`
+    instead (``--trainer.enable_progress_bar true`` brings the bar back beside it).
+    """
+    stream = stream if stream is not None else sys.stdout
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        return {}
+    return {"enable_progress_bar": False, "callbacks": [EpochSummary()]}

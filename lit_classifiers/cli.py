@@ -57,7 +57,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import CSVLogger
 
 import datamodules  # (makes the datamodules known to ``--data NAME``)
-from lit_classifiers.callbacks import NonFiniteLossError
+from lit_classifiers.callbacks import NonFiniteLossError, progress_defaults
 from lit_classifiers.checkpoint_io import (
     NonFiniteWeightsError,
     stored_model_hparams,
@@ -969,6 +969,8 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> ClassifierC
                 "class_path": "lit_classifiers.callbacks.ClassifierTensorBoardLogger",
                 "init_args": {"save_dir": "runs", "name": None, "default_hp_metric": False},
             },
+            # Outside a terminal: one line per epoch instead of the progress bar.
+            **progress_defaults(),
         },
         parser_kwargs={
             "prog": PROG,

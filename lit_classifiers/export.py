@@ -4,13 +4,19 @@
         --format onnx
 
 What is exported is the backbone alone, in eval mode, with the EMA weights when the checkpoint
-kept them (as :class:`~lit_classifiers.ClassifierModule` evaluates). It takes what the backbone
-takes: float32 images ``(N, C, H, W)`` normalised as in training (``(x / 255 - mean) / std`` per
-channel, with the datamodule's mean and std; the normalisation is not part of the file, so the
-same exported network serves any preprocessing pipeline). ``N`` is dynamic; ``H = W`` is fixed
-at ``--image-size``. It returns ``(N, num_classes)`` logits.
+kept them (as :class:`~lit_classifiers.ClassifierModule` evaluates). ``N`` is dynamic; ``H = W``
+is fixed at ``--image-size``. It returns ``(N, num_classes)`` logits. Its input is either
 
-Beside the file, ``<output>.classes.json`` holds the class names and the input description; the
+* ``--preprocessing none`` (the default): what the backbone takes, float32 images ``(N, C, H,
+  W)`` normalised as in training, ``(x / 255 - mean) / std`` per channel; or
+* ``--preprocessing included``: uint8 images ``(N, H, W, C)`` (the layout of a decoded image as
+  PIL and NumPy give it, RGB or a single grayscale channel), already resized and cropped; the
+  file scales and normalises them itself.
+
+Beside the file, ``<output>.classes.json`` holds the class names and every number the input
+needs (``"preprocessing"``: resize, interpolation, crop, channel order, value range, mean, std
+and the evaluation protocol, recorded in the checkpoint by
+:class:`~lit_classifiers.callbacks.InputPreprocessing`), so a server needs nothing else. The
 class names are also stored inside the file (ONNX ``metadata_props["class_names"]``, the extra
 file ``classes.json`` of TorchScript and torch.export archives). Before anything is moved into
 place, the written file is loaded back and its outputs are compared with the checkpoint's at
@@ -23,6 +29,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import math
 import os
 import secrets
 import sys
@@ -36,6 +43,8 @@ import fsspec
 import torch
 from torch import Tensor, nn
 
+from datamodules.transforms import default_resize_size
+from lit_classifiers.callbacks import PREPROCESSING_KEY
 from lit_classifiers.checkpoint_io import read_checkpoint
 from lit_classifiers.module import ClassifierModule
 from lit_classifiers.registry import get_backbone_info
@@ -44,6 +53,8 @@ __all__ = ["FORMATS", "ExportError", "ExportResult", "export_checkpoint", "expor
 
 PROG = "lit-classifiers export"
 ExportFormat = Literal["onnx", "torchscript", "exported_program"]
+Preprocessing = Literal["none", "included"]
+PREPROCESSING_CHOICES = ("none", "included")
 #: The default file suffix of each format.
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "exported_program": ".pt2"}
 CLASSES_SUFFIX = ".classes.json"
@@ -65,7 +76,7 @@ class ExportResult:
     output: Path
     classes_file: Path
     format: str
-    input_shape: tuple[str, int, int, int]  # ("batch", C, H, W)
+    input_shape: tuple[str, int, int, int]  # ("batch", C, H, W), or ("batch", H, W, C) uint8
     ema: bool
     max_abs_diff: float | None  # None when verification was skipped
 
@@ -78,6 +89,7 @@ def export_checkpoint(
     opset: int | None = None,
     *,
     image_size: int | None = None,
+    preprocessing: Preprocessing = "none",
     overwrite: bool = False,
     verify: bool = True,
 ) -> ExportResult:
@@ -96,6 +108,10 @@ def export_checkpoint(
         opset: ONNX opset version; ``None`` takes the exporter's default.
         image_size: Height and width of the input. Default: the ``image_size`` of the
             datamodule stored in the checkpoint, else the backbone's ``default_input_size``.
+        preprocessing: ``"none"``: the file takes normalised float32 ``(N, C, H, W)``;
+            ``"included"``: it takes uint8 ``(N, H, W, C)`` and normalises them itself (needs a
+            checkpoint that recorded its mean and std, see
+            :class:`~lit_classifiers.callbacks.InputPreprocessing`).
         overwrite: Replace an existing output (and its classes file) instead of refusing.
         verify: Load the written file back and compare its outputs with the checkpoint's.
 
@@ -103,23 +119,21 @@ def export_checkpoint(
         What was written. Nothing is left behind on failure, and nothing already there is
         replaced until the new file has been written completely (and verified).
     """
-    _check_options(format, batch_size_example, image_size)
+    _check_options(format, batch_size_example, image_size, preprocessing)
     source = os.fspath(ckpt_path)
     target = _output_path(source, output, format)
     classes_file = target.with_name(target.name + CLASSES_SUFFIX)
     _check_writable(source, target, classes_file, overwrite)
     _check_packages(format, verify)
-    network = _load_network(source, image_size)
-    example = _images(batch_size_example, network.in_channels, network.image_size, seed=0)
+    network = _load_network(source, image_size, preprocessing == "included", batch_size_example)
+    example = network.example(batch_size_example, seed=0)
 
     with _temporary(target) as model_tmp, _temporary(classes_file) as classes_tmp:
         with torch.no_grad():
             _write_model(network, example, model_tmp, format, opset)
         max_diff = None
         if verify:
-            max_diff = _verify(
-                network.net, model_tmp, format, example.shape[1:], batch_size_example
-            )
+            max_diff = _verify(network, model_tmp, format, batch_size_example)
         _write_description(network, format, classes_tmp)
         # The classes file first: a model file in place always has its classes file beside it.
         os.replace(classes_tmp, classes_file)
@@ -127,10 +141,16 @@ def export_checkpoint(
     return ExportResult(target, classes_file, format, network.input_shape, network.ema, max_diff)
 
 
-def _check_options(format: str, batch_size_example: object, image_size: object) -> None:
+def _check_options(
+    format: str, batch_size_example: object, image_size: object, preprocessing: str
+) -> None:
     """Refuse bad options before anything is read, so a mistake costs no checkpoint load."""
     if format not in FORMATS:
         raise ExportError(f"--format {format!r} is not one of {', '.join(FORMATS)}")
+    if preprocessing not in PREPROCESSING_CHOICES:
+        raise ExportError(
+            f"--preprocessing {preprocessing!r} is not one of {', '.join(PREPROCESSING_CHOICES)}"
+        )
     if isinstance(batch_size_example, bool) or not isinstance(batch_size_example, int):
         raise ExportError(f"batch_size_example must be an int >= 2, got {batch_size_example!r}")
     if batch_size_example < 2:
@@ -140,6 +160,28 @@ def _check_options(format: str, batch_size_example: object, image_size: object) 
         )
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)):
         raise ExportError(f"--image-size must be an int, got {image_size!r}")
+    if image_size is not None:
+        _check_fits_in_memory(image_size, batch_size_example, "--image-size")
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        return None
+
+
+def _check_fits_in_memory(image_size: int, batch_size: int, what: str) -> None:
+    """Refuse a size whose verification batch alone (one float32 channel of ``batch_size + 1``
+    images: a lower bound of what the export holds at once) exceeds this machine's memory."""
+    memory = _physical_memory()
+    needed = (batch_size + 1) * image_size * image_size * 4
+    if memory is not None and needed > memory:
+        raise ExportError(
+            f"{what} {image_size} cannot be exported on this machine: a batch of "
+            f"{batch_size + 1} such images alone takes {needed / 2**30:.0f} GiB, and it has "
+            f"{memory / 2**30:.0f} GiB of memory"
+        )
 
 
 # ----------------------------------------------------------------------------------- the network
@@ -154,17 +196,60 @@ class _Network:
     image_size: int
     class_names: list[str] | None
     num_classes: int
+    preprocessing: dict[str, Any] | None  # None: the checkpoint did not record it
+    included: bool  # the file takes uint8 (N, H, W, C) and normalises them itself
 
     @property
     def input_shape(self) -> tuple[str, int, int, int]:
-        """``("batch", C, H, W)``: the batch is dynamic in every format."""
-        return ("batch", self.in_channels, self.image_size, self.image_size)
+        """``("batch", C, H, W)``, or ``("batch", H, W, C)`` with the preprocessing included:
+        the batch is dynamic in every format."""
+        size, channels = self.image_size, self.in_channels
+        if self.included:
+            return ("batch", size, size, channels)
+        return ("batch", channels, size, size)
+
+    def example(self, batch: int, seed: int) -> Tensor:
+        """Random input of the file's shape and dtype."""
+        generator = torch.Generator().manual_seed(seed)
+        shape = (batch, *self.input_shape[1:])
+        if self.included:
+            return torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
+        return torch.randn(shape, generator=generator)
 
 
-def _load_network(source: str, image_size: int | None) -> _Network:
+class Normalized(nn.Module):
+    """``net`` behind the datamodule's normalisation: uint8 ``(N, H, W, C)`` in, logits out.
+
+    ``x * (1 / (255 std)) - mean / std``: the same two constants as
+    :class:`datamodules.normalization.BatchNormalizer`, so the file computes what evaluation does.
+    """
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.net = net
+        mean_t = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
+        self.register_buffer("scale", (1 / (255 * std_t)).float())
+        self.register_buffer("shift", (-mean_t / std_t).float())
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = images.permute(0, 3, 1, 2).float()
+        return self.net(x * self.scale + self.shift)
+
+
+def _load_network(source: str, image_size: int | None, included: bool, batch_size: int) -> _Network:
     """The checkpoint's network as :class:`~lit_classifiers.ClassifierModule` evaluates it."""
+    stored_size, preprocessing = _stored_input(source)
     if image_size is None:
-        image_size = _stored_image_size(source)
+        image_size = stored_size
+        if image_size is not None:
+            _check_fits_in_memory(image_size, batch_size, "the checkpoint's image_size")
+    if included and preprocessing is None:
+        raise ExportError(
+            f"--preprocessing included: checkpoint {source} does not record its input "
+            "normalisation (it was saved without lit_classifiers' InputPreprocessing callback, "
+            "e.g. before it existed); export with --preprocessing none and normalise yourself"
+        )
     # compile=False: a compiled backbone would be exported through its compiled wrapper.
     module = ClassifierModule.load_from_checkpoint(source, map_location="cpu", compile=False)
     module.eval()
@@ -176,15 +261,37 @@ def _load_network(source: str, image_size: int | None) -> _Network:
         image_size = get_backbone_info(name).default_input_size
     _check_image_size(net, name, image_size)
     class_names = module.hparams.get("class_names")
+    if preprocessing is not None:
+        preprocessing = _at_size(preprocessing, image_size)
+    in_channels = int(getattr(net, "in_channels", module.hparams.get("in_channels", 3)))
+    if included:
+        net = Normalized(net, preprocessing["mean"], preprocessing["std"]).eval()
     return _Network(
         net=net,
         ema=ema,
         name=name,
-        in_channels=int(getattr(net, "in_channels", module.hparams.get("in_channels", 3))),
+        in_channels=in_channels,
         image_size=image_size,
         class_names=None if class_names is None else [str(c) for c in class_names],
         num_classes=int(module.hparams.get("num_classes")),
+        preprocessing=preprocessing,
+        included=included,
     )
+
+
+def _at_size(preprocessing: dict[str, Any], image_size: int) -> dict[str, Any]:
+    """The recorded preprocessing for crops of ``image_size``: an export at another size than
+    training's takes the datamodules' default resize for it (``size * 256 / 224``)."""
+    crop = preprocessing.get("crop") or {}
+    if crop.get("height") == image_size:
+        return preprocessing
+    channels = preprocessing["input_size"][0]
+    return {
+        **preprocessing,
+        "input_size": [channels, image_size, image_size],
+        "resize": {**preprocessing["resize"], "shortest_edge": default_resize_size(image_size)},
+        "crop": {**crop, "height": image_size, "width": image_size},
+    }
 
 
 def _check_image_size(net: nn.Module, name: str, image_size: int) -> None:
@@ -198,6 +305,22 @@ def _check_image_size(net: nn.Module, name: str, image_size: int) -> None:
 
 def _description(network: _Network, format: str) -> dict[str, Any]:
     """The classes file's content: what a user of the file needs to feed it and read it."""
+    if network.included:
+        layout, dtype = "NHWC", "uint8"
+        steps = "resize, then crop; the file scales and normalises"
+    else:
+        layout, dtype = "NCHW", "float32"
+        steps = "resize, crop, then x * rescale_factor, then (x - mean) / std per channel"
+    preprocessing = None
+    if network.preprocessing is not None:
+        preprocessing = {
+            **network.preprocessing,
+            "included": network.included,
+            "steps": steps,
+            # The file is one view per image; ClassifierModule's ten_crop and dense protocols
+            # average several views, which a server would have to do itself.
+            "eval_protocol": "center",
+        }
     return {
         "class_names": network.class_names,
         "num_classes": network.num_classes,
@@ -207,10 +330,10 @@ def _description(network: _Network, format: str) -> dict[str, Any]:
         "input": {
             "name": "images",
             "shape": list(network.input_shape),  # batch: any size
-            "dtype": "float32",
-            "normalisation": "as in training: (x / 255 - mean) / std per channel, with the "
-            "datamodule's mean and std; not included in the exported file",
+            "layout": layout,
+            "dtype": dtype,
         },
+        "preprocessing": preprocessing,
         "output": {"name": "logits", "shape": ["batch", network.num_classes]},
     }
 
@@ -262,12 +385,37 @@ def _check_packages(format: str, verify: bool) -> None:
         )
 
 
-def _stored_image_size(source: str) -> int | None:
-    """The ``image_size`` of the datamodule the checkpoint was trained with, if it stored one."""
+def _stored_input(source: str) -> tuple[int | None, dict[str, Any] | None]:
+    """The crop size the checkpoint was trained with, if it stored one, and its recorded
+    preprocessing (:class:`~lit_classifiers.callbacks.InputPreprocessing`), if any."""
     checkpoint = read_checkpoint(source, map_location="cpu")
+    preprocessing = checkpoint.get(PREPROCESSING_KEY)
+    if not _valid_preprocessing(preprocessing):
+        preprocessing = None
     hparams = checkpoint.get("datamodule_hyper_parameters") or {}
     size = hparams.get("image_size") if isinstance(hparams, dict) else None
-    return size if isinstance(size, int) and not isinstance(size, bool) else None
+    if preprocessing is not None and size is None:
+        size = preprocessing["crop"]["height"]
+    return (size if isinstance(size, int) and not isinstance(size, bool) else None), preprocessing
+
+
+def _valid_preprocessing(value: object) -> bool:
+    """A checkpoint is a file from anywhere: take its record only when it has the right shape."""
+    if not isinstance(value, dict):
+        return False
+    try:
+        channels = value["input_size"][0]
+        numbers = [*value["mean"], *value["std"]]
+        return (
+            isinstance(channels, int)
+            and len(value["mean"]) == len(value["std"]) == channels
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers)
+            and all(v > 0 for v in value["std"])
+            and isinstance(value["crop"]["height"], int)
+            and isinstance(value["resize"], dict)
+        )
+    except (KeyError, TypeError, IndexError):
+        return False
 
 
 @contextlib.contextmanager
@@ -332,21 +480,15 @@ def _write_exported_program(net: nn.Module, example: Tensor, path: Path, names: 
 
 
 # ---------------------------------------------------------------------------------- verification
-def _images(batch: int, channels: int, size: int, seed: int) -> Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, channels, size, size, generator=generator)
-
-
-def _verify(
-    net: nn.Module, path: Path, format: str, image_shape: torch.Size, batch_size: int
-) -> float:
-    """Load ``path`` back and compare it with ``net`` at two batch sizes (the batch is dynamic)."""
+def _verify(network: _Network, path: Path, format: str, batch_size: int) -> float:
+    """Load ``path`` back and compare it with the network at two batch sizes (the batch is
+    dynamic)."""
     run = _loader(path, format)
     worst = 0.0
     for seed, batch in enumerate((batch_size, batch_size + 1), start=1):
-        images = _images(batch, image_shape[0], image_shape[1], seed)
+        images = network.example(batch, seed)
         with torch.no_grad():
-            expected = net(images)
+            expected = network.net(images)
         got = run(images)
         if got.shape != expected.shape:
             raise ExportError(
@@ -398,10 +540,11 @@ def _parser() -> argparse.ArgumentParser:
         prog=PROG,
         description=(
             "Write a checkpoint's network (its EMA weights when it kept them), in eval mode, as "
-            "an ONNX, TorchScript or torch.export file with a dynamic batch dimension, and the "
-            "class names beside it (<output>.classes.json). The file takes float32 images "
-            "(N, C, H, W) normalised as in training, (x / 255 - mean) / std per channel with "
-            "the datamodule's mean and std (not part of the file), and returns (N, classes) "
+            "an ONNX, TorchScript or torch.export file with a dynamic batch dimension, and "
+            "beside it (<output>.classes.json) the class names and every number of the input's "
+            "preprocessing (resize, crop, mean, std). The file takes float32 images (N, C, H, "
+            "W) normalised as in training, (x / 255 - mean) / std per channel, or with "
+            "--preprocessing included uint8 images (N, H, W, C); it returns (N, classes) "
             "logits. The written file is loaded back and checked against the checkpoint."
         ),
     )
@@ -424,6 +567,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="height and width of the input (default: the checkpoint's datamodule image_size, "
         "else the backbone's default input size)",
+    )
+    parser.add_argument(
+        "--preprocessing",
+        choices=PREPROCESSING_CHOICES,
+        default="none",
+        help="none: the file takes normalised float32 (N, C, H, W); included: it takes uint8 "
+        "(N, H, W, C) images, resized and cropped as the classes file says, and normalises "
+        "them itself",
     )
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch's)")
     parser.add_argument(
@@ -458,6 +609,7 @@ def export_main(args: Sequence[str]) -> int:
             batch_size_example=options.batch_size_example,
             opset=options.opset,
             image_size=options.image_size,
+            preprocessing=options.preprocessing,
             overwrite=options.overwrite,
             verify=options.verify,
         )

@@ -61,7 +61,12 @@ from typing_extensions import Self
 
 from datamodules.eval_views import EvalViews
 from datamodules.info import dataset_info
-from lit_classifiers.callbacks import ClassifierTensorBoard, check_finite_loss
+from lit_classifiers.callbacks import (
+    ClassifierTensorBoard,
+    InputPreprocessing,
+    StepLogInterval,
+    check_finite_loss,
+)
 from lit_classifiers.checkpoint_io import (
     NonFiniteWeightsError,
     check_checkpoint_fits,
@@ -582,9 +587,10 @@ class ClassifierModule(pl.LightningModule):
         # Not when the user configured their own: Lightning would replace theirs with this one.
         trainer = self._attached_trainer()
         trainer_callbacks = trainer.callbacks if trainer is not None else []
-        if any(isinstance(cb, ClassifierTensorBoard) for cb in trainer_callbacks):
-            return []
-        return [ClassifierTensorBoard()]
+        wanted = (ClassifierTensorBoard, InputPreprocessing, StepLogInterval)
+        return [
+            kind() for kind in wanted if not any(isinstance(cb, kind) for cb in trainer_callbacks)
+        ]
 
     # ------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -37,6 +37,10 @@ SCRIPTS = {
     ),
     "imagenet_setup.py": (["setup_s", "cached_speedup", "cache_bytes"], "cached is"),
     "train_throughput.py": (["results"], "Summary (median images/s"),
+    "end_to_end.py": (
+        ["ratio_wall", "plain", "fit", "runs"],
+        "fit / plain wall time",
+    ),
     "gpu_resnet50.py": (["ips", "reference_nvidia_a100_amp", "goal_h100"], "dry run on CPU"),
 }
 

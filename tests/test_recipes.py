@@ -188,7 +188,6 @@ OLD_COMMON: dict[str, dict[str, Any]] = {
     "digits": {
         "seed_everything": 0,
         "trainer.max_epochs": 4,
-        "trainer.log_every_n_steps": 5,
         "model.optimizer.class_path": "torch.optim.SGD",
         "model.optimizer.init_args.lr": 0.1,
         "model.optimizer.init_args.momentum": 0.9,
