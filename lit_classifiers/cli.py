@@ -508,6 +508,29 @@ class RunConfigCallback(SaveConfigCallback):
 class ClassifierCLI(LightningCLI):
     """LightningCLI with the project's defaults, data-to-model links and safe checkpoints."""
 
+    def __init__(self, *args: Any, run: bool = True, **kwargs: Any) -> None:
+        # A run that writes nothing (fast_dev_run, a failed start) leaves no empty folder, and
+        # the next CLI in this process claims a folder of its own.
+        self._claimed_folder: Path | None = None
+        inherited = os.environ.get(RUN_VERSION_ENV)
+        try:
+            super().__init__(*args, run=run, **kwargs)
+        except BaseException:
+            self._release_run_folder(inherited)
+            raise
+        if run:
+            self._release_run_folder(inherited)
+
+    def _release_run_folder(self, inherited: str | None) -> None:
+        if self._claimed_folder is None:
+            return
+        with contextlib.suppress(OSError):
+            remove_if_empty(self._claimed_folder)
+        if inherited is None:
+            os.environ.pop(RUN_VERSION_ENV, None)
+        else:
+            os.environ[RUN_VERSION_ENV] = inherited
+
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """LightningCLI's, except that ``--model.backbone`` is a registered name.
 
@@ -709,24 +732,29 @@ class ClassifierCLI(LightningCLI):
         version = getattr(self, "_run_version", None)
         if version is None and root is not None and self.subcommand != "fit":
             version = _version_of_checkpoint(config.get("ckpt_path"), root)
-            if version is not None and self.subcommand == "predict":
-                self._pin(
-                    config.predictions, "output_path", _free_name(root / f"version_{version}")
-                )
         if loggers:
             if loggers[0].version is None:
                 if version is None:
-                    version = _claim_version(loggers[0])
+                    version = self._claim(loggers[0])
                 self._pin(loggers[0], "version", version)
             for args in loggers[1:]:  # the same folder, or the same number elsewhere
                 if args.version is None and isinstance(loggers[0].version, int):
                     self._pin(args, "version", loggers[0].version)
         elif root is not None and (version is not None or self.subcommand == "fit"):
             if version is None:
-                version = _claim_version(Namespace(save_dir=str(root.parent), name=root.name))
+                version = self._claim(Namespace(save_dir=str(root.parent), name=root.name))
             if version is not None:
                 self._pin(config.trainer, "default_root_dir", str(root / f"version_{version}"))
                 self.save_config_kwargs = {**self.save_config_kwargs, "save_without_logger": True}
+
+    def _claim(self, logger_args: Namespace) -> int | None:
+        before = os.environ.get(RUN_VERSION_ENV)
+        version = _claim_version(logger_args)
+        if os.environ.get(RUN_VERSION_ENV) != before and version is not None:  # claimed here
+            self._claimed_folder = Path(
+                logger_args.save_dir, logger_args.name, f"version_{version}"
+            )
+        return version
 
     def _pin(self, namespace: Namespace, key: str, value: Any) -> None:
         if value is not None:
@@ -869,15 +897,6 @@ def _version_of_checkpoint(ckpt_path: object, run_root: Path) -> int | None:
     return int(match.group(1)) if same else None
 
 
-def _free_name(folder: Path, stem: str = "predictions", suffix: str = ".csv") -> str:
-    """``folder/predictions.csv``, or ``predictions-N.csv`` where earlier ones exist."""
-    target, k = folder / f"{stem}{suffix}", 0
-    while target.exists():
-        k += 1
-        target = folder / f"{stem}-{k}{suffix}"
-    return str(target)
-
-
 def _open_csv_log(logger: CSVLogger) -> None:
     """Start a CSV logger's file now, keeping the ``metrics.csv`` already in its folder.
 
@@ -922,13 +941,9 @@ def _is_launching_process() -> bool:
 
 
 def _claim_version(logger_args: Namespace) -> int | None:
-    """Create ``save_dir/name/version_N`` with the first free N, atomically.
-
-    ``mkdir`` either creates the folder or fails because it exists, so two runs started at
-    once in one folder get two versions (Lightning lists the folders and picks the next number,
-    which races). Other ranks take the launching process's choice; remote ``save_dir``\\ s are
-    left to Lightning.
-    """
+    """The run's ``version`` under ``save_dir/name``: claimed here (see :func:`claim_run_folder`)
+    in the launching process, the launching process's choice in the other ranks of a
+    distributed run; ``None`` for a remote ``save_dir`` (left to Lightning)."""
     save_dir = str(getattr(logger_args, "save_dir", None) or "")
     if not save_dir or "://" in save_dir:
         return None
@@ -939,17 +954,40 @@ def _claim_version(logger_args: Namespace) -> int | None:
         return int(inherited[len(key) :])
     if not _is_launching_process():
         return None
+    version = claim_run_folder(root, next_version(root))
+    os.environ[RUN_VERSION_ENV] = f"{key}{version}"
+    return version
+
+
+def next_version(root: Path) -> int:
+    """One more than the highest N of the ``root/version_N`` folders (0 for none)."""
     root.mkdir(parents=True, exist_ok=True)
     taken = [int(m.group(1)) for p in root.iterdir() if (m := _VERSION_FOLDER.fullmatch(p.name))]
-    version = max(taken, default=-1) + 1
+    return max(taken, default=-1) + 1
+
+
+def claim_run_folder(root: Path, version: int) -> int:
+    """Create ``root/version_N`` for the first N from ``version`` that no one has, and return N.
+
+    ``mkdir`` either creates the folder or fails because it exists, so two runs started at once
+    in one folder get two versions, also when another run took ``version`` after it was listed
+    (Lightning lists the folders and picks the next number, which races).
+    """
     while True:
         try:
             (root / f"version_{version}").mkdir()
-            break
+            return version
         except FileExistsError:
             version += 1
-    os.environ[RUN_VERSION_ENV] = f"{key}{version}"
-    return version
+
+
+def remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` and the folders in it if no file is anywhere under it."""
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if not path.is_dir() or path.is_symlink():
+            return
+        path.rmdir()  # fails, and keeps everything, if something was written meanwhile
+    folder.rmdir()
 
 
 def cli_main(args: Sequence[str] | None = None, run: bool = True) -> ClassifierCLI:
