@@ -42,6 +42,7 @@ import logging
 import os
 import re
 import sys
+import traceback
 import typing
 import warnings
 from collections.abc import Sequence
@@ -306,6 +307,12 @@ def explain(message: str, parser: argparse.ArgumentParser | None = None) -> str:
     if m is None:
         return _one_line(text)
     key, detail = m.group(1), m.group(2)
+    if nested := re.search(r'callable class: Parser key "(\w+)":\s*(.*)', detail, re.DOTALL):
+        key, detail = f"{key}.init_args.{nested.group(1)}", nested.group(2)  # SGD's lr, ...
+        if nested.group(1) == "lr":
+            given = re.search(r"Given value: (.*?)\.? Got value", detail)
+            value = f" {given.group(1)}" if given else ""
+            return f"--{key}{value}: lr must be a positive finite number, e.g. 0.1"
     if unloadable := re.match(r"Unable to load config '([^']*)'", detail):
         return _explain_config_option(key, unloadable.group(1))
     if key == "data" and (explained := _explain_data(detail)):
@@ -697,7 +704,11 @@ class ClassifierCLI(LightningCLI):
         try:
             return super().instantiate_trainer(**kwargs)
         except MisconfigurationException as error:
-            # Lightning's "No supported gpu backend found!" does not say which option asked.
+            # Lightning's "No supported gpu backend found!" does not say which option asked;
+            # its other messages (max_epochs, ...) name their option themselves.
+            raised_in = traceback.extract_tb(error.__traceback__)[-1].filename
+            if "accelerator" not in Path(raised_in).name:
+                raise ValueError(f"--trainer: {error}") from error
             trainer = (self.config[self.subcommand] if self.subcommand else self.config).trainer
             raise ValueError(
                 f"--trainer.accelerator={trainer.accelerator} --trainer.devices={trainer.devices}: "
