@@ -32,24 +32,21 @@ from __future__ import annotations
 
 import argparse
 import ast
-import collections.abc
 import contextlib
 import csv
 import difflib
 import inspect
-import json
 import logging
 import os
 import re
 import sys
 import traceback
-import typing
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from jsonargparse import ActionConfigFile, DefaultHelpFormatter, Namespace
+from jsonargparse import DefaultHelpFormatter, Namespace
 from jsonargparse.typing import register_type
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, Trainer
@@ -58,6 +55,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import CSVLogger
 
 import datamodules  # (makes the datamodules known to ``--data NAME``)
+from lit_classifiers.backbones_command import backbones_main
 from lit_classifiers.callbacks import NonFiniteLossError
 from lit_classifiers.checkpoint_io import (
     NonFiniteWeightsError,
@@ -66,7 +64,6 @@ from lit_classifiers.checkpoint_io import (
 from lit_classifiers.module import ClassifierModule
 from lit_classifiers.predictions import PredictionCSVWriter
 from lit_classifiers.registry import get_backbone_info, list_backbones
-from lit_classifiers.summary import backbone_summary, format_table
 
 __all__ = ["ClassifierCLI", "main"]
 
@@ -318,7 +315,7 @@ def explain(message: str, parser: argparse.ArgumentParser | None = None) -> str:
     if key == "data" and (explained := _explain_data(detail)):
         return explained
     if unknown_class := re.search(r"Expected a dot import path string: (\S+)", detail):
-        return _explain_class_name(key, unknown_class.group(1), parser)
+        return _explain_class_name(key, unknown_class.group(1))
     if unknown := re.search(
         r"Option '(\w+)' is not accepted\. Got value: Namespace\(class_path='([\w.]+)'", detail
     ):
@@ -382,32 +379,29 @@ def _explain_class_argument(key: str, class_path: str, argument: str) -> str:
     return f"--{key}.init_args.{argument}: {class_name} has no such argument{hint}"
 
 
-def _explain_class_name(key: str, given: str, parser: argparse.ArgumentParser | None) -> str:
-    """``--model.optimizer Adamm``: the classes the option takes whose names are close."""
-    action = getattr(parser, "_option_string_actions", {}).get(f"--{key}")
-    names: list[str] = []
-    with contextlib.suppress(Exception):  # jsonargparse's listing of the classes is private
-        from jsonargparse._typehints import get_all_subclass_paths
+def _option_bases() -> dict[str, type]:
+    """The base class of each option that takes a class by name, for "did you mean"."""
+    import torch
 
-        for cls in _classes_in(action._typehint):  # type: ignore[union-attr]
-            names += [p.rsplit(".", 1)[-1] for p in get_all_subclass_paths(cls)]
-    close = difflib.get_close_matches(given, sorted(set(names)), n=3, cutoff=0.6)
+    return {
+        "model.optimizer": torch.optim.Optimizer,
+        "model.lr_scheduler": torch.optim.lr_scheduler.LRScheduler,
+    }
+
+
+def _explain_class_name(key: str, given: str) -> str:
+    """``--model.optimizer Adamm``: the classes the option takes whose names are close."""
+    names, todo = set(), [_option_bases()[key]] if key in _option_bases() else []
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo += cls.__subclasses__()
+    close = difflib.get_close_matches(given, sorted(names), n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
     return (
         f"--{key} {given}: no such class{hint} (a class name or path; --{key}.help NAME shows "
         "its arguments)"
     )
-
-
-def _classes_in(typehint: Any) -> list[type]:
-    """The classes a type hint takes: ``Optional[Callable[[Optimizer], LRScheduler]]`` ->
-    ``[LRScheduler]`` (of a callable, what it returns)."""
-    args = typing.get_args(typehint)
-    if typing.get_origin(typehint) is collections.abc.Callable:
-        args = args[-1:]
-    if isinstance(typehint, type) and not args:
-        return [] if typehint.__module__ == "builtins" else [typehint]
-    return [c for a in args if not isinstance(a, list) for c in _classes_in(a)]
 
 
 def _explain_config_option(key: str, value: str) -> str:
@@ -568,9 +562,6 @@ class ClassifierCLI(LightningCLI):
                 "ClassifierModule also takes an nn.Module."
             ),
         )
-        # First after --model CONFIG, as in the signature.
-        configs = sum(isinstance(a, ActionConfigFile) for a in group._group_actions)
-        group._group_actions.insert(configs, group._group_actions.pop())
         parser.add_lightning_class_args(
             self._datamodule_class, "data", subclass_mode=self.subclass_mode_data
         )
@@ -1029,30 +1020,6 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> ClassifierC
     )
 
 
-def backbones_main(args: Sequence[str]) -> int:
-    """``lit-classifiers backbones [PATTERN]``: the registry as a table (or JSON)."""
-    parser = argparse.ArgumentParser(
-        prog=f"{PROG} backbones",
-        description="List the registered backbones with parameters, measured FLOPs and papers.",
-    )
-    parser.add_argument("pattern", nargs="?", default=None, help='fnmatch filter, e.g. "resnet*"')
-    parser.add_argument(
-        "--input-size",
-        type=int,
-        default=None,
-        help="count FLOPs at this side (default: each one's)",
-    )
-    parser.add_argument("--no-flops", action="store_true", help="skip counting FLOPs")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    options = parser.parse_args(args)
-    rows = backbone_summary(options.pattern, options.input_size, flops=not options.no_flops)
-    if not rows:
-        print(f"{PROG} backbones: no backbone matches {options.pattern!r}", file=sys.stderr)
-        return 1
-    print(json.dumps(rows, indent=2) if options.json else format_table(rows))
-    return 0
-
-
 #: Errors that mean "the input was wrong", reported as one line (no traceback unless debugging).
 USER_ERRORS = (
     KeyError,
@@ -1125,7 +1092,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args[:1] == ["backbones"]:
-            return backbones_main(args[1:])
+            return backbones_main(args[1:], prog=f"{PROG} backbones")
         if args[:1] == ["export"]:
             from lit_classifiers.export import export_main  # only this subcommand needs it
 
