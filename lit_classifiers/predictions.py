@@ -74,8 +74,9 @@ class PredictionCSVWriter(BasePredictionWriter):
         super().setup(trainer, pl_module, stage)
         if stage == "predict":  # refused now, not after every image has been classified
             self._target_path = self._target(trainer)
-            if not self.overwrite and os.path.lexists(self._target_path):
-                raise _exists_error(self._target_path)
+            target = self._target_path
+            if not self.overwrite and os.path.lexists(target) and not target.is_dir():
+                raise PredictionWriteError(_exists_message(target))
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._rows = []
@@ -128,11 +129,10 @@ class PredictionCSVWriter(BasePredictionWriter):
                     os.unlink(partial)
             if not isinstance(error, Exception):  # KeyboardInterrupt and the like pass as they are
                 raise
-            if isinstance(error, FileExistsError):
-                raise _exists_error(target) from None
+            reason = _exists_message(target) if isinstance(error, FileExistsError) else error
             raise PredictionWriteError(
                 f"could not write {len(self._rows)} predictions to {readable_text(target)}: "
-                f"{readable_text(error)}"
+                f"{readable_text(reason)}"
             ) from error
         self.written_path = target
         if trainer.is_global_zero or trainer.world_size > 1:
@@ -157,8 +157,8 @@ def free_name(folder: Path, stem: str = "predictions", suffix: str = ".csv") -> 
     return target
 
 
-def _exists_error(target: Path) -> FileExistsError:
-    return FileExistsError(
+def _exists_message(target: Path) -> str:
+    return (
         f"{readable_text(target)} exists; pass --predictions.overwrite true to replace it, or "
         "choose another --predictions.output_path"
     )
