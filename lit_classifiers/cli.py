@@ -32,23 +32,21 @@ from __future__ import annotations
 
 import argparse
 import ast
-import collections.abc
 import contextlib
 import csv
 import difflib
 import inspect
-import json
 import logging
 import os
 import re
 import sys
-import typing
+import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from jsonargparse import ActionConfigFile, DefaultHelpFormatter, Namespace
+from jsonargparse import DefaultHelpFormatter, Namespace
 from jsonargparse.typing import register_type
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, Trainer
@@ -57,6 +55,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import CSVLogger
 
 import datamodules  # (makes the datamodules known to ``--data NAME``)
+from lit_classifiers.backbones_command import backbones_main
 from lit_classifiers.callbacks import NonFiniteLossError, progress_defaults
 from lit_classifiers.checkpoint_io import (
     NonFiniteWeightsError,
@@ -65,7 +64,6 @@ from lit_classifiers.checkpoint_io import (
 from lit_classifiers.module import ClassifierModule
 from lit_classifiers.predictions import PredictionCSVWriter
 from lit_classifiers.registry import get_backbone_info, list_backbones
-from lit_classifiers.summary import backbone_summary, format_table
 
 __all__ = ["ClassifierCLI", "main"]
 
@@ -306,12 +304,18 @@ def explain(message: str, parser: argparse.ArgumentParser | None = None) -> str:
     if m is None:
         return _one_line(text)
     key, detail = m.group(1), m.group(2)
+    if nested := re.search(r'callable class: Parser key "(\w+)":\s*(.*)', detail, re.DOTALL):
+        key, detail = f"{key}.init_args.{nested.group(1)}", nested.group(2)  # SGD's lr, ...
+        if nested.group(1) == "lr":
+            given = re.search(r"Given value: (.*?)\.? Got value", detail)
+            value = f" {given.group(1)}" if given else ""
+            return f"--{key}{value}: lr must be a positive finite number, e.g. 0.1"
     if unloadable := re.match(r"Unable to load config '([^']*)'", detail):
         return _explain_config_option(key, unloadable.group(1))
     if key == "data" and (explained := _explain_data(detail)):
         return explained
     if unknown_class := re.search(r"Expected a dot import path string: (\S+)", detail):
-        return _explain_class_name(key, unknown_class.group(1), parser)
+        return _explain_class_name(key, unknown_class.group(1))
     if unknown := re.search(
         r"Option '(\w+)' is not accepted\. Got value: Namespace\(class_path='([\w.]+)'", detail
     ):
@@ -375,32 +379,29 @@ def _explain_class_argument(key: str, class_path: str, argument: str) -> str:
     return f"--{key}.init_args.{argument}: {class_name} has no such argument{hint}"
 
 
-def _explain_class_name(key: str, given: str, parser: argparse.ArgumentParser | None) -> str:
-    """``--model.optimizer Adamm``: the classes the option takes whose names are close."""
-    action = getattr(parser, "_option_string_actions", {}).get(f"--{key}")
-    names: list[str] = []
-    with contextlib.suppress(Exception):  # jsonargparse's listing of the classes is private
-        from jsonargparse._typehints import get_all_subclass_paths
+def _option_bases() -> dict[str, type]:
+    """The base class of each option that takes a class by name, for "did you mean"."""
+    import torch
 
-        for cls in _classes_in(action._typehint):  # type: ignore[union-attr]
-            names += [p.rsplit(".", 1)[-1] for p in get_all_subclass_paths(cls)]
-    close = difflib.get_close_matches(given, sorted(set(names)), n=3, cutoff=0.6)
+    return {
+        "model.optimizer": torch.optim.Optimizer,
+        "model.lr_scheduler": torch.optim.lr_scheduler.LRScheduler,
+    }
+
+
+def _explain_class_name(key: str, given: str) -> str:
+    """``--model.optimizer Adamm``: the classes the option takes whose names are close."""
+    names, todo = set(), [_option_bases()[key]] if key in _option_bases() else []
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo += cls.__subclasses__()
+    close = difflib.get_close_matches(given, sorted(names), n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
     return (
         f"--{key} {given}: no such class{hint} (a class name or path; --{key}.help NAME shows "
         "its arguments)"
     )
-
-
-def _classes_in(typehint: Any) -> list[type]:
-    """The classes a type hint takes: ``Optional[Callable[[Optimizer], LRScheduler]]`` ->
-    ``[LRScheduler]`` (of a callable, what it returns)."""
-    args = typing.get_args(typehint)
-    if typing.get_origin(typehint) is collections.abc.Callable:
-        args = args[-1:]
-    if isinstance(typehint, type) and not args:
-        return [] if typehint.__module__ == "builtins" else [typehint]
-    return [c for a in args if not isinstance(a, list) for c in _classes_in(a)]
 
 
 def _explain_config_option(key: str, value: str) -> str:
@@ -508,6 +509,29 @@ class RunConfigCallback(SaveConfigCallback):
 class ClassifierCLI(LightningCLI):
     """LightningCLI with the project's defaults, data-to-model links and safe checkpoints."""
 
+    def __init__(self, *args: Any, run: bool = True, **kwargs: Any) -> None:
+        # A run that writes nothing (fast_dev_run, a failed start) leaves no empty folder, and
+        # the next CLI in this process claims a folder of its own.
+        self._claimed_folder: Path | None = None
+        inherited = os.environ.get(RUN_VERSION_ENV)
+        try:
+            super().__init__(*args, run=run, **kwargs)
+        except BaseException:
+            self._release_run_folder(inherited)
+            raise
+        if run:
+            self._release_run_folder(inherited)
+
+    def _release_run_folder(self, inherited: str | None) -> None:
+        if self._claimed_folder is None:
+            return
+        with contextlib.suppress(OSError):
+            remove_if_empty(self._claimed_folder)
+        if inherited is None:
+            os.environ.pop(RUN_VERSION_ENV, None)
+        else:
+            os.environ[RUN_VERSION_ENV] = inherited
+
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """LightningCLI's, except that ``--model.backbone`` is a registered name.
 
@@ -538,9 +562,6 @@ class ClassifierCLI(LightningCLI):
                 "ClassifierModule also takes an nn.Module."
             ),
         )
-        # First after --model CONFIG, as in the signature.
-        configs = sum(isinstance(a, ActionConfigFile) for a in group._group_actions)
-        group._group_actions.insert(configs, group._group_actions.pop())
         parser.add_lightning_class_args(
             self._datamodule_class, "data", subclass_mode=self.subclass_mode_data
         )
@@ -674,7 +695,11 @@ class ClassifierCLI(LightningCLI):
         try:
             return super().instantiate_trainer(**kwargs)
         except MisconfigurationException as error:
-            # Lightning's "No supported gpu backend found!" does not say which option asked.
+            # Lightning's "No supported gpu backend found!" does not say which option asked;
+            # its other messages (max_epochs, ...) name their option themselves.
+            raised_in = traceback.extract_tb(error.__traceback__)[-1].filename
+            if "accelerator" not in Path(raised_in).name:
+                raise ValueError(f"--trainer: {error}") from error
             trainer = (self.config[self.subcommand] if self.subcommand else self.config).trainer
             raise ValueError(
                 f"--trainer.accelerator={trainer.accelerator} --trainer.devices={trainer.devices}: "
@@ -709,24 +734,29 @@ class ClassifierCLI(LightningCLI):
         version = getattr(self, "_run_version", None)
         if version is None and root is not None and self.subcommand != "fit":
             version = _version_of_checkpoint(config.get("ckpt_path"), root)
-            if version is not None and self.subcommand == "predict":
-                self._pin(
-                    config.predictions, "output_path", _free_name(root / f"version_{version}")
-                )
         if loggers:
             if loggers[0].version is None:
                 if version is None:
-                    version = _claim_version(loggers[0])
+                    version = self._claim(loggers[0])
                 self._pin(loggers[0], "version", version)
             for args in loggers[1:]:  # the same folder, or the same number elsewhere
                 if args.version is None and isinstance(loggers[0].version, int):
                     self._pin(args, "version", loggers[0].version)
         elif root is not None and (version is not None or self.subcommand == "fit"):
             if version is None:
-                version = _claim_version(Namespace(save_dir=str(root.parent), name=root.name))
+                version = self._claim(Namespace(save_dir=str(root.parent), name=root.name))
             if version is not None:
                 self._pin(config.trainer, "default_root_dir", str(root / f"version_{version}"))
                 self.save_config_kwargs = {**self.save_config_kwargs, "save_without_logger": True}
+
+    def _claim(self, logger_args: Namespace) -> int | None:
+        before = os.environ.get(RUN_VERSION_ENV)
+        version = _claim_version(logger_args)
+        if os.environ.get(RUN_VERSION_ENV) != before and version is not None:  # claimed here
+            self._claimed_folder = Path(
+                logger_args.save_dir, logger_args.name, f"version_{version}"
+            )
+        return version
 
     def _pin(self, namespace: Namespace, key: str, value: Any) -> None:
         if value is not None:
@@ -869,15 +899,6 @@ def _version_of_checkpoint(ckpt_path: object, run_root: Path) -> int | None:
     return int(match.group(1)) if same else None
 
 
-def _free_name(folder: Path, stem: str = "predictions", suffix: str = ".csv") -> str:
-    """``folder/predictions.csv``, or ``predictions-N.csv`` where earlier ones exist."""
-    target, k = folder / f"{stem}{suffix}", 0
-    while target.exists():
-        k += 1
-        target = folder / f"{stem}-{k}{suffix}"
-    return str(target)
-
-
 def _open_csv_log(logger: CSVLogger) -> None:
     """Start a CSV logger's file now, keeping the ``metrics.csv`` already in its folder.
 
@@ -922,13 +943,9 @@ def _is_launching_process() -> bool:
 
 
 def _claim_version(logger_args: Namespace) -> int | None:
-    """Create ``save_dir/name/version_N`` with the first free N, atomically.
-
-    ``mkdir`` either creates the folder or fails because it exists, so two runs started at
-    once in one folder get two versions (Lightning lists the folders and picks the next number,
-    which races). Other ranks take the launching process's choice; remote ``save_dir``\\ s are
-    left to Lightning.
-    """
+    """The run's ``version`` under ``save_dir/name``: claimed here (see :func:`claim_run_folder`)
+    in the launching process, the launching process's choice in the other ranks of a
+    distributed run; ``None`` for a remote ``save_dir`` (left to Lightning)."""
     save_dir = str(getattr(logger_args, "save_dir", None) or "")
     if not save_dir or "://" in save_dir:
         return None
@@ -939,17 +956,40 @@ def _claim_version(logger_args: Namespace) -> int | None:
         return int(inherited[len(key) :])
     if not _is_launching_process():
         return None
+    version = claim_run_folder(root, next_version(root))
+    os.environ[RUN_VERSION_ENV] = f"{key}{version}"
+    return version
+
+
+def next_version(root: Path) -> int:
+    """One more than the highest N of the ``root/version_N`` folders (0 for none)."""
     root.mkdir(parents=True, exist_ok=True)
     taken = [int(m.group(1)) for p in root.iterdir() if (m := _VERSION_FOLDER.fullmatch(p.name))]
-    version = max(taken, default=-1) + 1
+    return max(taken, default=-1) + 1
+
+
+def claim_run_folder(root: Path, version: int) -> int:
+    """Create ``root/version_N`` for the first N from ``version`` that no one has, and return N.
+
+    ``mkdir`` either creates the folder or fails because it exists, so two runs started at once
+    in one folder get two versions, also when another run took ``version`` after it was listed
+    (Lightning lists the folders and picks the next number, which races).
+    """
     while True:
         try:
             (root / f"version_{version}").mkdir()
-            break
+            return version
         except FileExistsError:
             version += 1
-    os.environ[RUN_VERSION_ENV] = f"{key}{version}"
-    return version
+
+
+def remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` and the folders in it if no file is anywhere under it."""
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if not path.is_dir() or path.is_symlink():
+            return
+        path.rmdir()  # fails, and keeps everything, if something was written meanwhile
+    folder.rmdir()
 
 
 def cli_main(args: Sequence[str] | None = None, run: bool = True) -> ClassifierCLI:
@@ -980,30 +1020,6 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> ClassifierC
         args=args,
         run=run,
     )
-
-
-def backbones_main(args: Sequence[str]) -> int:
-    """``lit-classifiers backbones [PATTERN]``: the registry as a table (or JSON)."""
-    parser = argparse.ArgumentParser(
-        prog=f"{PROG} backbones",
-        description="List the registered backbones with parameters, measured FLOPs and papers.",
-    )
-    parser.add_argument("pattern", nargs="?", default=None, help='fnmatch filter, e.g. "resnet*"')
-    parser.add_argument(
-        "--input-size",
-        type=int,
-        default=None,
-        help="count FLOPs at this side (default: each one's)",
-    )
-    parser.add_argument("--no-flops", action="store_true", help="skip counting FLOPs")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    options = parser.parse_args(args)
-    rows = backbone_summary(options.pattern, options.input_size, flops=not options.no_flops)
-    if not rows:
-        print(f"{PROG} backbones: no backbone matches {options.pattern!r}", file=sys.stderr)
-        return 1
-    print(json.dumps(rows, indent=2) if options.json else format_table(rows))
-    return 0
 
 
 #: Errors that mean "the input was wrong", reported as one line (no traceback unless debugging).
@@ -1078,7 +1094,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args[:1] == ["backbones"]:
-            return backbones_main(args[1:])
+            return backbones_main(args[1:], prog=f"{PROG} backbones")
         if args[:1] == ["export"]:
             from lit_classifiers.export import export_main  # only this subcommand needs it
 
