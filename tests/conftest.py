@@ -27,10 +27,10 @@ def fitted_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The working folder of one short CLI ``fit`` on the digits, whose run is
     ``runs/digits-resnet20/version_0``. Shared by the tests of a worker: read it, do not change it.
     """
-    from helpers.cli import SCRIPT, TINY, run
+    from helpers.cli import TINY, run_cli
 
     cwd = tmp_path_factory.mktemp("fitted_run")
-    run(SCRIPT, "fit", *TINY, cwd=cwd)
+    run_cli("fit", *TINY, cwd=cwd)
     return cwd
 
 

@@ -1,9 +1,12 @@
-"""The ``lit-classifiers`` command, run for real as a subprocess on tiny data."""
+"""The ``lit-classifiers`` command on tiny data: in this process through ``main`` (what the
+console script calls), and as real subprocesses for the console script, ``python -m`` and the
+README's quick start."""
 
 from __future__ import annotations
 
 import csv
 import re
+import runpy
 import shutil
 import sys
 from pathlib import Path
@@ -11,7 +14,18 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers.cli import CONFIGS, REPO, SCRIPT, TINY, Case, run, run_dirs, run_each, scalars
+from helpers.cli import (
+    CONFIGS,
+    REPO,
+    SCRIPT,
+    TINY,
+    Case,
+    run,
+    run_cli,
+    run_dirs,
+    run_each,
+    scalars,
+)
 from helpers.data import write_stl10
 from PIL import Image
 
@@ -45,7 +59,7 @@ def test_same_command_twice_starts_a_new_run_folder(fitted_run, tmp_path):
     shutil.copytree(fitted_run / "runs", tmp_path / "runs")  # the first run of the command
     (first,) = run_dirs(tmp_path)
     before = {p: p.stat().st_mtime_ns for p in first.rglob("*")}
-    run(SCRIPT, "fit", *TINY, cwd=tmp_path)
+    run_cli("fit", *TINY, cwd=tmp_path)
     assert [p.name for p in run_dirs(tmp_path)] == ["version_0", "version_1"]
     assert all((p / "config.yaml").is_file() for p in run_dirs(tmp_path))
     assert {p: p.stat().st_mtime_ns for p in first.rglob("*")} == before  # left as it was
@@ -55,7 +69,7 @@ def test_validate_from_checkpoint_reproduces_the_fit_metrics(fitted_run, tmp_pat
     shutil.copytree(fitted_run / "runs", tmp_path / "runs")  # the shared run stays as it is
     (fit_dir,) = run_dirs(tmp_path)
     ckpt = fit_dir / "checkpoints" / "last.ckpt"
-    run(SCRIPT, "validate", "--config", fit_dir / "config.yaml", "--ckpt_path", ckpt, cwd=tmp_path)
+    run_cli("validate", "--config", fit_dir / "config.yaml", "--ckpt_path", ckpt, cwd=tmp_path)
     # The run's own folder: the validation's points continue the fit's curves.
     assert run_dirs(tmp_path) == [fit_dir]
     assert (fit_dir / "config-validate-1.yaml").is_file()
@@ -68,7 +82,7 @@ def test_validate_from_checkpoint_reproduces_the_fit_metrics(fitted_run, tmp_pat
 def test_test_from_checkpoint_matches_the_checkpoint_evaluated_in_python(fitted_run, tmp_path):
     (fit_dir,) = run_dirs(fitted_run)
     ckpt = fit_dir / "checkpoints" / "last.ckpt"
-    run(SCRIPT, "test", "--config", fit_dir / "config.yaml", "--ckpt_path", ckpt, cwd=tmp_path)
+    run_cli("test", "--config", fit_dir / "config.yaml", "--ckpt_path", ckpt, cwd=tmp_path)
     cli_metrics = scalars(run_dirs(tmp_path)[-1])
     model = ClassifierModule.load_from_checkpoint(ckpt)
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
@@ -85,10 +99,7 @@ def test_predict_on_a_folder_writes_a_csv(fitted_run, tmp_path):
     for k, name in enumerate(["a.png", "b.jpg", "nested/c.png"]):
         Image.new("L", (8, 8), color=40 * k).save(images / name)
     out = tmp_path / "predictions.csv"
-    run(
-        sys.executable,
-        "-m",
-        "lit_classifiers",
+    run_cli(
         "predict",
         "--config",
         fit_dir / "config.yaml",
@@ -109,6 +120,15 @@ def test_predict_on_a_folder_writes_a_csv(fitted_run, tmp_path):
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-5
 
 
+def test_python_m_runs_the_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["lit_classifiers", "backbones", "resnet20", "--no-flops"])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_module("lit_classifiers", run_name="__main__", alter_sys=True)
+    assert exited.value.code == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resnet")]
+    assert row.split()[0] == "resnet20"
+
+
 def test_print_config_round_trips_and_lists_every_option(tmp_path):
     recipe = ["fit", "--config", CONFIGS / "digits" / "resnet20.yaml", "--print_config"]
     first, bare = run_each(
@@ -116,6 +136,7 @@ def test_print_config_round_trips_and_lists_every_option(tmp_path):
     )
     assert first.returncode == 0 and bare.returncode == 0, first.stderr + bare.stderr
     (tmp_path / "printed.yaml").write_text(first.stdout)
+    # The console script itself, as a real process, once in the suite.
     second = run(
         SCRIPT, "fit", "--config", tmp_path / "printed.yaml", "--print_config", cwd=tmp_path
     )
@@ -138,7 +159,7 @@ def test_readme_stl10_example_runs_as_written(tmp_path):
     example = "fit --model.backbone resnet18 --data STL10DataModule --data.data_dir DIR"
     args = example.replace("DIR", str(tmp_path / "stl10")).split()
     extra = ["--data.batch_size=4", "--data.num_workers=0", "--trainer.fast_dev_run=true"]
-    result = run(SCRIPT, *args, *extra, cwd=tmp_path)
+    result = run_cli(*args, *extra, cwd=tmp_path)
     assert "`Trainer.fit` stopped" in result.stdout + result.stderr
 
 
@@ -196,6 +217,7 @@ def readme_quickstart() -> str:
     return train
 
 
+@pytest.mark.slow
 def test_readme_quickstart_command_runs_as_written(tmp_path):
     command = readme_quickstart()
     shutil.copytree(CONFIGS, tmp_path / "configs")

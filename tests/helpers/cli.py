@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
+import io
+import logging
 import os
 import re
 import subprocess
 import sys
+import tempfile
+import traceback
 import typing
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -61,46 +67,6 @@ def start(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> su
     )
 
 
-# Runs each case through lit_classifiers.cli.main, the console script's function, with the
-# process's own stdout and stderr (file descriptors 1 and 2, so DataLoader workers and C code
-# are captured too) sent to that case's files; the environment, working directory and warning
-# filters are restored after each case.
-_EACH_DRIVER = r"""
-import json, os, sys, warnings
-cases = json.loads(sys.argv[1])
-from lit_classifiers.cli import main
-for case in cases:
-    environ, cwd, saved = dict(os.environ), os.getcwd(), (os.dup(1), os.dup(2))
-    os.environ.update(case["env"])
-    os.chdir(case["cwd"])
-    with open(case["out"], "wb") as out, open(case["err"], "wb") as err:
-        os.dup2(out.fileno(), 1)
-        os.dup2(err.fileno(), 2)
-        try:
-            with warnings.catch_warnings():
-                try:
-                    code = main(case["args"])
-                except SystemExit as exit:
-                    code = exit.code if isinstance(exit.code, int) else 1
-                except BaseException as error:
-                    import traceback
-                    traceback.print_exc()
-                    code = 1
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-    os.chdir(cwd)
-    os.environ.clear()
-    os.environ.update(environ)
-    with open(case["rc"], "w") as handle:
-        handle.write(f"{code} {int('this' in sys.modules)}")
-"""
-
-
 class Case(typing.NamedTuple):
     """One command of :func:`run_each`: its arguments, folder and extra environment."""
 
@@ -109,43 +75,108 @@ class Case(typing.NamedTuple):
     env: dict[str, str] = {}
 
 
-def run_each(cases: list[Case], scratch: Path) -> list[subprocess.CompletedProcess[str]]:
-    """Run several ``lit-classifiers`` commands one after another in ONE new Python process.
+#: The loggers Lightning gives a stderr handler of their own when it is imported outside pytest.
+_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
 
-    Each subprocess of its own costs ~5 s of imports (torch, Lightning, torchvision) before the
-    command does anything; commands that end early (the mistakes) are run this way instead. Each
-    command runs through ``lit_classifiers.cli.main``, the function the console script calls, and
-    gets its own exit code, stdout and stderr, and ``imported_this``: whether the module ``this``
-    had been imported by the end of it (what hostile checkpoints try, to prove code ran).
+
+@contextlib.contextmanager
+def _process_state(cwd: Path, env: dict[str, str]) -> Iterator[None]:
+    """The working directory, environment, warning filters and Lightning's log handlers of a
+    fresh ``lit-classifiers`` process for the duration of the block, restored afterwards."""
+    environ, old_cwd = dict(os.environ), os.getcwd()
+    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
+    saved = [(lg.handlers[:], lg.propagate, lg.level) for lg in loggers]
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    try:
+        with warnings.catch_warnings():
+            if "ignore" in env.get("PYTHONWARNINGS", ""):
+                warnings.simplefilter("ignore")
+            for logger in loggers:  # as ``import lightning`` sets them up in a new process
+                logger.handlers = [logging.StreamHandler(sys.stderr)]
+                logger.propagate = False
+                logger.setLevel(logging.INFO)
+            yield
+    finally:
+        for logger, (handlers, propagate, level) in zip(loggers, saved, strict=True):
+            logger.handlers, logger.propagate = handlers, propagate
+            logger.setLevel(level)
+        os.chdir(old_cwd)
+        os.environ.clear()
+        os.environ.update(environ)
+
+
+def run_cli(
+    *args: str | Path, cwd: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``lit-classifiers ARGS`` in this process, through ``lit_classifiers.cli.main`` (the
+    function the console script calls), as :func:`run` runs it as a subprocess.
+
+    A subprocess costs ~5 s of imports (torch, Lightning, torchvision) before the command does
+    anything; use :func:`run` where the process itself is the point. The working directory,
+    environment (``env``, default :func:`cli_env`), warning filters and Lightning's log handlers
+    are those of a new process for the command and restored after it. Its stdout and stderr are
+    captured both as Python streams and as file descriptors 1 and 2, so DataLoader workers and C
+    code are captured too. The result has ``imported_this``: whether the command imported the
+    module ``this`` (what hostile checkpoints try, to prove code ran).
     """
-    scratch.mkdir(parents=True, exist_ok=True)
-    specs = []
-    for k, case in enumerate(cases):
-        files = {key: str(scratch / f"case{k}.{key}") for key in ("out", "err", "rc")}
-        specs.append(
-            {"args": list(map(str, case.args)), "cwd": str(case.cwd), "env": case.env, **files}
-        )
-    driver = subprocess.run(
-        [sys.executable, "-c", _EACH_DRIVER, json.dumps(specs)],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        timeout=600,
-    )
-    results = []
-    for case, spec in zip(cases, specs, strict=True):
-        if not Path(spec["rc"]).is_file():
-            raise AssertionError(f"the driver stopped before {case.args}:\n{driver.stderr[-3000:]}")
-        code, imported_this = Path(spec["rc"]).read_text().split()
-        result = subprocess.CompletedProcess(
-            list(map(str, case.args)),
-            int(code),
-            Path(spec["out"]).read_text(errors="replace"),
-            Path(spec["err"]).read_text(errors="replace"),
-        )
-        result.imported_this = bool(int(imported_this))  # type: ignore[attr-defined]
-        results.append(result)
-    return results
+    from lit_classifiers.cli import main
+
+    command = [str(a) for a in args]
+    sys.modules.pop("this", None)
+    with (
+        tempfile.TemporaryFile(buffering=0) as out_file,
+        tempfile.TemporaryFile(buffering=0) as err_file,
+    ):
+        saved_fds = (os.dup(1), os.dup(2))
+        saved_streams = (sys.stdout, sys.stderr)
+        out = io.TextIOWrapper(out_file, encoding="utf-8", errors="replace", write_through=True)
+        err = io.TextIOWrapper(err_file, encoding="utf-8", errors="replace", write_through=True)
+        os.dup2(out_file.fileno(), 1)
+        os.dup2(err_file.fileno(), 2)
+        sys.stdout, sys.stderr = out, err
+        try:
+            with _process_state(cwd, env or cli_env()):
+                try:
+                    code = main(command)
+                except SystemExit as exit:  # as the interpreter reports it
+                    code = exit.code if isinstance(exit.code, int) else 0
+                    if exit.code is not None and not isinstance(exit.code, int):
+                        print(exit.code, file=sys.stderr)
+                        code = 1
+                except Exception:
+                    traceback.print_exc()
+                    code = 1
+        finally:
+            out.flush()
+            err.flush()
+            sys.stdout, sys.stderr = saved_streams
+            os.dup2(saved_fds[0], 1)
+            os.dup2(saved_fds[1], 2)
+            for fd in saved_fds:
+                os.close(fd)
+        texts = []
+        for handle in (out_file, err_file):
+            handle.seek(0)
+            texts.append(handle.read().decode("utf-8", errors="replace"))
+        out.detach()
+        err.detach()
+    result = subprocess.CompletedProcess(["lit-classifiers", *command], code, *texts)
+    result.imported_this = "this" in sys.modules  # type: ignore[attr-defined]
+    if check and code != 0:
+        raise AssertionError(f"{command} failed ({code}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def run_each(
+    cases: list[Case], scratch: Path | None = None
+) -> list[subprocess.CompletedProcess[str]]:
+    """Run several ``lit-classifiers`` commands one after another with :func:`run_cli` (in this
+    process); each gets its own exit code, stdout, stderr and ``imported_this``."""
+    return [
+        run_cli(*case.args, cwd=case.cwd, check=False, env=cli_env(**case.env)) for case in cases
+    ]
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], pattern: str) -> str:
