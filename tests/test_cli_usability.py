@@ -1,4 +1,5 @@
-"""The ``lit-classifiers`` command as a user meets it, run for real as a subprocess: its help,
+"""The ``lit-classifiers`` command as a user meets it (in this process through ``main``, and once
+as a real process for what a fresh interpreter prints): its help,
 the one line each common mistake gets, what a normal run prints, and one folder per run (the
 fit, its test and its predictions, for every logger; none in the working directory)."""
 
@@ -19,6 +20,7 @@ from helpers.cli import (
     cli_env,
     hparams_trials,
     run,
+    run_cli,
     run_dirs,
     run_each,
     scalars,
@@ -48,7 +50,7 @@ def option_helps(help_text: str) -> dict[str, str]:
 
 # -------------------------------------------------------------------------------------- help
 def test_fit_help_is_short_and_names_the_backbones_and_datamodules(tmp_path: Path) -> None:
-    result = run(SCRIPT, "fit", "--help", cwd=tmp_path, env=cli_env(**HELP_ENV))
+    result = run_cli("fit", "--help", cwd=tmp_path, env=cli_env(**HELP_ENV))
     text = result.stdout
     assert len(text.splitlines()) < 400, len(text.splitlines())
     assert "known subclasses" not in text and "torch.nn.Identity" not in text
@@ -180,7 +182,7 @@ def test_learning_rate_shortcut_and_full_option_both_reach_the_config(tmp_path: 
 # -------------------------------------------------------------------------- one place per run
 def test_logger_false_twice_in_one_directory_leaves_it_clean(tmp_path: Path) -> None:
     for _ in range(2):
-        result = run(SCRIPT, "fit", *TINY, "--trainer.logger", "false", cwd=tmp_path)
+        result = run_cli("fit", *TINY, "--trainer.logger", "false", cwd=tmp_path)
         assert "Traceback" not in result.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["runs"]  # no config.yaml, no checkpoints/
     folders = run_dirs(tmp_path)
@@ -195,6 +197,7 @@ def test_logger_false_twice_in_one_directory_leaves_it_clean(tmp_path: Path) -> 
 
 
 def test_a_normal_run_prints_no_advertisement_nor_deprecation_noise(tmp_path: Path) -> None:
+    # A real process: the warnings of its imports are part of what a user would see.
     env = cli_env(PYTHONWARNINGS="default")  # as a user's shell has it: warnings shown
     result = run(SCRIPT, "fit", *TINY, "--trainer.limit_val_batches=1", cwd=tmp_path, env=env)
     output = result.stdout + result.stderr
@@ -208,7 +211,7 @@ def test_test_and_predict_of_a_runs_checkpoint_stay_in_its_folder(fitted_run, tm
     (fit_dir,) = run_dirs(tmp_path)
     config = (fit_dir / "config.yaml").read_text()
     ckpt = Path("runs", "digits-resnet20", "version_0", "checkpoints", "last.ckpt")
-    run(SCRIPT, "test", *TINY, "--trainer.limit_test_batches=2", "--ckpt_path", ckpt, cwd=tmp_path)
+    run_cli("test", *TINY, "--trainer.limit_test_batches=2", "--ckpt_path", ckpt, cwd=tmp_path)
     assert run_dirs(tmp_path) == [fit_dir]
     assert (fit_dir / "config.yaml").read_text() == config
     assert (fit_dir / "config-test-1.yaml").is_file()
@@ -224,8 +227,7 @@ def test_test_and_predict_of_a_runs_checkpoint_stay_in_its_folder(fitted_run, tm
     photos.mkdir()
     Image.new("L", (8, 8), 90).save(photos / "a.png")
     for _ in range(2):
-        run(
-            SCRIPT,
+        run_cli(
             "predict",
             *TINY,
             "--ckpt_path",
@@ -242,13 +244,13 @@ def test_test_and_predict_of_a_runs_checkpoint_stay_in_its_folder(fitted_run, tm
 
 
 def test_a_second_logger_shares_the_run_folder_and_keeps_what_it_wrote(tmp_path: Path) -> None:
-    run(SCRIPT, "fit", *TINY, "--trainer.logger+", "CSVLogger", cwd=tmp_path)
+    run_cli("fit", *TINY, "--trainer.logger+", "CSVLogger", cwd=tmp_path)
     (folder,) = run_dirs(tmp_path)
     assert len(list(folder.glob("events.out.tfevents*"))) == 1
     fit_rows = list(csv.DictReader((folder / "metrics.csv").open()))
     assert any(row["val/acc1"] for row in fit_rows)
     ckpt = folder / "checkpoints" / "last.ckpt"
-    run(SCRIPT, "test", *TINY, "--trainer.logger+", "CSVLogger", "--ckpt_path", ckpt, cwd=tmp_path)
+    run_cli("test", *TINY, "--trainer.logger+", "CSVLogger", "--ckpt_path", ckpt, cwd=tmp_path)
     assert run_dirs(tmp_path) == [folder]
     rows = list(csv.DictReader((folder / "metrics.csv").open()))
     assert [r["val/acc1"] for r in rows[: len(fit_rows)]] == [r["val/acc1"] for r in fit_rows]
@@ -256,7 +258,7 @@ def test_a_second_logger_shares_the_run_folder_and_keeps_what_it_wrote(tmp_path:
 
 
 def test_a_csv_logger_alone_works_without_tensorboard(tmp_path: Path) -> None:
-    run(SCRIPT, "fit", *TINY, "--trainer.logger", "CSVLogger", cwd=tmp_path)
+    run_cli("fit", *TINY, "--trainer.logger", "CSVLogger", cwd=tmp_path)
     (folder,) = run_dirs(tmp_path)
     assert not list(folder.glob("events.out.tfevents*"))
     rows = list(csv.DictReader((folder / "metrics.csv").open()))
