@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 PREFIX = "BENCHMARK_RESULT "
 
@@ -109,6 +111,7 @@ def run_quick(
     return results
 
 
+@pytest.mark.slow
 def test_quick_runs_print_their_figures(tmp_path: Path) -> None:
     # Concurrently, two at a time: most of each run is importing torch and Lightning.
     results = run_quick(sorted(SCRIPTS), tmp_path, parallel=2)

@@ -117,6 +117,7 @@ def test_checkpoint_hparams_cannot_import_or_build_classes(
         assert not runs.exists() or not list(runs.rglob("*.tfevents*")), name
 
 
+@pytest.mark.slow
 def test_two_fits_started_at_once_get_their_own_run_folders(tmp_path: Path) -> None:
     args = [*TINY, "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]
     processes = [start(SCRIPT, "fit", *args, cwd=tmp_path) for _ in range(2)]

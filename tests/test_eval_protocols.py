@@ -289,6 +289,7 @@ def test_test_and_predict_average_the_views(tmp_path: Path, protocol: str) -> No
 PROTOCOLS = ("center", "ten_crop", "dense:16,24")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
 def test_two_processes_match_one_process(tmp_path: Path) -> None:
     data = tmp_path / "data"

@@ -20,6 +20,7 @@ from lit_classifiers.module import ClassifierModule
 FIXTURES = Path(__file__).parent / "helpers" / "modules.py"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
 def test_two_processes_match_one_process(tmp_path: Path) -> None:
     torch.manual_seed(3)

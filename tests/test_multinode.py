@@ -199,6 +199,7 @@ def test_readme_torchrun_command_is_consistent(monkeypatch: pytest.MonkeyPatch) 
     assert config["model"]["backbone"] == "resnet50"
 
 
+@pytest.mark.slow
 @requires_gloo
 def test_readme_torchrun_on_two_nodes_writes_one_run_with_single_process_metrics(
     tmp_path: Path,
@@ -308,6 +309,7 @@ print("RESULTS " + json.dumps(results))
 """
 
 
+@pytest.mark.slow
 def test_slurm_environment_gives_the_ranks_the_script_implies(tmp_path: Path) -> None:
     """Each task srun would start, as Lightning sees it: world size, ranks, the address of the
     first node, and a run folder claimed by task 0 alone."""

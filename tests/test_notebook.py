@@ -110,6 +110,7 @@ def test_stored_notebook_is_valid_executed_and_portable(stored) -> None:
     assert _table_names(_source_cell(stored, "backbone_summary()")) == set(list_backbones())
 
 
+@pytest.mark.slow
 def test_notebook_executes_in_quick_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     workdir = tmp_path / "notebooks"
     workdir.mkdir()

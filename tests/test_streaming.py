@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers.cli import SCRIPT, run
+from helpers.cli import run_cli
 from helpers.data import (
     NAMES,
     WNIDS,
@@ -267,6 +267,7 @@ class Recording(StreamingDataModule):
         return super().on_after_batch_transfer(batch, dataloader_idx)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
 def test_two_processes_evaluate_every_image_once(tmp_path: Path) -> None:
     from helpers.modules import TinyNet, make_trainer, run_two_ranks
@@ -344,6 +345,7 @@ def _recorded(record: Path) -> list[list[tuple[str, int]]]:
     return [[tuple(s) for s in line["seen"]] for line in lines if line["stage"] == "train"]
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")
 def test_resume_mid_epoch_sees_each_image_once(tmp_path: Path) -> None:
     # 21 training images in batches of 4 from 2 workers: 6 batches an epoch, the last of 1.
@@ -512,13 +514,12 @@ def test_the_command_line(tmp_path: Path) -> None:
     data = unique_folder(tmp_path / "photos", {"train": 9, "val": 6})
     with pytest.raises(FileNotFoundError, match=r"data folder .*nowhere.* does not exist"):
         prepare_main(["imagenet", str(tmp_path / "nowhere"), str(tmp_path / "x")])
-    prepared = run(
-        SCRIPT, "prepare", "imagefolder", data, tmp_path / "lit", "--workers", "2", cwd=tmp_path
+    prepared = run_cli(
+        "prepare", "imagefolder", data, tmp_path / "lit", "--workers", "2", cwd=tmp_path
     )
     assert "100%" in prepared.stderr  # the progress bar
     assert "--data.input_dir" in prepared.stdout
-    run(
-        SCRIPT,
+    run_cli(
         "fit",
         "--model.backbone=resnet20",
         "--data=StreamingDataModule",
