@@ -16,7 +16,7 @@ from helpers.cli import (
     Case,
     assert_one_line_error,
     cli_env,
-    run,
+    run_cli,
     run_dirs,
     run_each,
     scalars,
@@ -82,7 +82,7 @@ def test_good_checkpoint_url_is_loaded(
     www, base = served
     (www / "good.ckpt").write_bytes(good_checkpoint.read_bytes())
     env = cli_env(TORCH_HOME=str(tmp_path / "torch_home"))
-    run(SCRIPT, "validate", *TINY, "--ckpt_path", f"{base}/good.ckpt", cwd=tmp_path, env=env)
+    run_cli("validate", *TINY, "--ckpt_path", f"{base}/good.ckpt", cwd=tmp_path, env=env)
     from_url = scalars(run_dirs(tmp_path)[-1])["val/acc1"][-1]
     assert from_url == pytest.approx(scalars(run_dirs(fitted_run)[0])["val/acc1"][-1], abs=1e-6)
     assert not list((tmp_path / "torch_home").rglob("*.ckpt"))
@@ -145,9 +145,7 @@ def test_ckpt_path_last_resumes_the_latest_run_in_its_own_folder(tmp_path: Path)
     (first,) = run_dirs(tmp_path)
     config = (first / "config.yaml").read_text()
     before = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)
-    resumed = run(
-        SCRIPT, "fit", *TINY, "--trainer.max_epochs=2", "--ckpt_path", "last", cwd=tmp_path
-    )
+    resumed = run_cli("fit", *TINY, "--trainer.max_epochs=2", "--ckpt_path", "last", cwd=tmp_path)
     assert f"resuming {Path('runs', 'digits-resnet20', 'version_0', 'checkpoints')}" in (
         resumed.stderr
     )

@@ -36,10 +36,10 @@ TINY = [
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", **extra}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     env.pop("LIT_CLASSIFIERS_DEBUG", None)
     env.pop("LIT_CLASSIFIERS_RUN_VERSION", None)
-    return env
+    return {**env, **extra}
 
 
 def run(
@@ -84,7 +84,7 @@ def _process_state(cwd: Path, env: dict[str, str]) -> Iterator[None]:
     """The working directory, environment, warning filters and Lightning's log handlers of a
     fresh ``lit-classifiers`` process for the duration of the block, restored afterwards."""
     environ, old_cwd = dict(os.environ), os.getcwd()
-    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
+    loggers = [logging.getLogger(name) for name in ("", *_LIGHTNING_LOGGERS)]
     saved = [(lg.handlers[:], lg.propagate, lg.level) for lg in loggers]
     os.environ.clear()
     os.environ.update(env)
@@ -93,7 +93,11 @@ def _process_state(cwd: Path, env: dict[str, str]) -> Iterator[None]:
         with warnings.catch_warnings():
             if "ignore" in env.get("PYTHONWARNINGS", ""):
                 warnings.simplefilter("ignore")
-            for logger in loggers:  # as ``import lightning`` sets them up in a new process
+            # As in a new process: no handler on the root logger (pytest's own are there now),
+            # so other loggers' warnings reach stderr through logging's last resort, and
+            # Lightning's loggers with the stderr handler ``import lightning`` gives them.
+            loggers[0].handlers = []
+            for logger in loggers[1:]:
                 logger.handlers = [logging.StreamHandler(sys.stderr)]
                 logger.propagate = False
                 logger.setLevel(logging.INFO)
