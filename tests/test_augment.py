@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import sklearn.datasets
 import torch
-from helpers.cli import SCRIPT, run
+from helpers.cli import run_cli
 from helpers.facts import stl10_coordinate_image, write_stl10_split
 from PIL import Image
 
@@ -475,10 +475,10 @@ def test_cli_takes_the_presets_from_yaml_and_rejects_unknown_ones(tmp_path: Path
         "data:\n  init_args:\n    train_augment: vgg\n    train_policy: randaugment\n"
         "    random_erasing: 0.25\n"
     )
-    done = run(SCRIPT, "fit", *common, "--config", config, cwd=tmp_path)
+    done = run_cli("fit", *common, "--config", config, cwd=tmp_path)
     assert done.returncode == 0
     config.write_text("data:\n  init_args:\n    train_augment: vgg16\n")
-    failed = run(SCRIPT, "fit", *common, "--config", config, cwd=tmp_path, check=False)
+    failed = run_cli("fit", *common, "--config", config, cwd=tmp_path, check=False)
     assert failed.returncode == 2
     error = [line for line in failed.stderr.splitlines() if "error:" in line]
     assert len(error) == 1 and (

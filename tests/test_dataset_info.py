@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers.cli import SCRIPT, assert_one_line_error, run
+from helpers.cli import assert_one_line_error, run_cli
 from helpers.data import (
     CLASS_COLORS,
     NAMES,
@@ -359,8 +359,7 @@ def test_imagenet_layout_is_detected_once_and_again_after_prepare_data(tmp_path:
 # ---------------------------------------------------------------------------- the CLI
 def test_the_cli_gives_the_model_the_datamodules_facts(tmp_path: Path) -> None:
     root = image_tree(tmp_path / "data", splits=("train", "val"))
-    run(
-        SCRIPT,
+    run_cli(
         "fit",
         "--model.backbone=resnet20",
         "--data=ImageFolderDataModule",
@@ -386,8 +385,7 @@ def test_the_cli_reports_an_error_resolving_the_facts_in_one_line(tmp_path: Path
     make_folder_layout(tmp_path / "imagenet")
     mapping = "".join(f"{w} {NAMES[w]}\n" for w in WNIDS[:2])
     (tmp_path / "imagenet" / "LOC_synset_mapping.txt").write_text(mapping)
-    result = run(
-        SCRIPT,
+    result = run_cli(
         "fit",
         "--model.backbone=resnet20",
         "--data=ImageNetDataModule",

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import sklearn.datasets
 import torch
-from helpers.cli import SCRIPT, TINY, run, run_dirs, scalars
+from helpers.cli import TINY, run_cli, run_dirs, scalars
 from helpers.modules import TinyNet, make_trainer, run_two_ranks
 from PIL import Image
 from torchvision.models import ResNet50_Weights
@@ -350,8 +350,7 @@ def test_cli_test_with_dense_protocol(fitted_run: Path, tmp_path: Path) -> None:
     checkpoint = tmp_path / "fitted.ckpt"  # a copy: the shared run folder stays as it is
     shutil.copy(fitted_run / "runs/digits-resnet20/version_0/checkpoints/last.ckpt", checkpoint)
     images = 40  # dense batches hold one image each
-    run(
-        SCRIPT,
+    run_cli(
         "test",
         *TINY,
         "--model.eval_protocol=dense",
@@ -381,6 +380,7 @@ if __name__ == "__main__":
         _ddp_test_main(*sys.argv[2:5])
 
 
+@pytest.mark.slow
 def test_vgg16_paper_recipe_tests_with_the_dense_protocol_end_to_end(tmp_path: Path) -> None:
     """`lit-classifiers test` with the VGG paper recipe on a tiny ImageNet: the dense protocol runs
     through the CLI (one scale, the smallest that leaves fc6 a 7x7 map; the recipe's own are in
@@ -389,8 +389,7 @@ def test_vgg16_paper_recipe_tests_with_the_dense_protocol_end_to_end(tmp_path: P
     from helpers.data import make_folder_layout
 
     data = make_folder_layout(tmp_path / "imagenet")
-    run(
-        SCRIPT,
+    run_cli(
         "test",
         "--config",
         CONFIGS / "imagenet" / "base.yaml",

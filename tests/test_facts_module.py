@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.cli import SCRIPT, run, run_dirs
+from helpers.cli import run_cli, run_dirs
 from helpers.modules import (
     CLASS_NAMES,
     NUM_CLASSES,
@@ -104,8 +104,7 @@ def test_predict_writes_its_csv_into_the_run_folder(fitted_run: Path, tmp_path: 
         Image.new("L", (8, 8), color=60 * k).save(photos / f"p{k}.png")
     work = tmp_path / "work"
     work.mkdir()
-    result = run(
-        SCRIPT,
+    result = run_cli(
         "predict",
         "--config",
         fit_dir / "config.yaml",

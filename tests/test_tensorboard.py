@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers.cli import SCRIPT, TINY, run, run_dirs
+from helpers.cli import TINY, run_cli, run_dirs
 from helpers.modules import NUM_CLASSES, TinyDataModule, TinyNet, make_trainer, sgd
 from lightning.pytorch.callbacks import Callback, LearningRateFinder
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -315,8 +315,7 @@ def test_lr_argument_replaces_the_optimizers_rate_and_is_checked() -> None:
 
 def test_learning_rate_finder_from_the_command_line(tmp_path: Path) -> None:
     args = [a for a in TINY if not a.startswith("--trainer.limit_train_batches")]
-    run(
-        SCRIPT,
+    run_cli(
         "fit",
         *args,
         "--trainer.limit_train_batches=20",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import io
 import logging
@@ -79,6 +80,28 @@ class Case(typing.NamedTuple):
 _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def _fresh_warning_filters(option: str) -> None:
+    """The warning filters of a new interpreter started with ``PYTHONWARNINGS=option`` (its
+    ``action[:message[:category]]`` entries) that has imported Lightning, printing to stderr
+    (pytest records warnings instead)."""
+    from lightning.fabric.utilities.warnings import LightningDeprecationWarning
+
+    warnings.resetwarnings()
+    warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+    for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+        warnings.simplefilter("ignore", category, append=True)
+    for entry in filter(None, option.split(",")):
+        action, message, category, *_ = [*entry.split(":"), "", "", ""]
+        kind = getattr(builtins, category, None) if category else Warning
+        warnings.filterwarnings(action, message, kind if isinstance(kind, type) else Warning)
+    warnings.simplefilter("default", LightningDeprecationWarning)  # what ``import lightning`` adds
+    warnings.showwarning = _show_warning
+
+
 @contextlib.contextmanager
 def _process_state(cwd: Path, env: dict[str, str]) -> Iterator[None]:
     """The working directory, environment, warning filters and Lightning's log handlers of a
@@ -91,8 +114,7 @@ def _process_state(cwd: Path, env: dict[str, str]) -> Iterator[None]:
     os.chdir(cwd)
     try:
         with warnings.catch_warnings():
-            if "ignore" in env.get("PYTHONWARNINGS", ""):
-                warnings.simplefilter("ignore")
+            _fresh_warning_filters(env.get("PYTHONWARNINGS", ""))
             # As in a new process: no handler on the root logger (pytest's own are there now),
             # so other loggers' warnings reach stderr through logging's last resort, and
             # Lightning's loggers with the stderr handler ``import lightning`` gives them.
