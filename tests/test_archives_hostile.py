@@ -11,12 +11,11 @@ import hashlib
 import io
 import os
 import re
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+from helpers.cli import run_cli
 from helpers.data import (
     jpeg_bytes,
     make_archives,
@@ -310,29 +309,16 @@ def test_verify_md5_stamp_is_keyed_by_size_and_mtime(tmp_path: Path) -> None:
 
 
 def test_verify_archives_is_a_cli_option(tmp_path: Path) -> None:
-    script = Path(sys.executable).with_name("lit-classifiers")
-    result = subprocess.run(
-        [
-            str(script),
-            "fit",
-            "--data=ImageNetDataModule",
-            f"--data.data_dir={tmp_path}",
-            "--data.verify_archives=false",
-            "--print_config",
-        ],
+    result = run_cli(
+        "fit",
+        "--data=ImageNetDataModule",
+        f"--data.data_dir={tmp_path}",
+        "--data.verify_archives=false",
+        "--print_config",
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     assert "verify_archives: false" in result.stdout
-    help_text = subprocess.run(
-        [str(script), "fit", "--data=ImageNetDataModule", "--data.help=ImageNetDataModule"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    help_text = run_cli(
+        "fit", "--data=ImageNetDataModule", "--data.help=ImageNetDataModule", cwd=tmp_path
     ).stdout
     assert "--data.verify_archives {true,false}" in help_text and "published md5" in help_text

@@ -1,6 +1,6 @@
 """File names that are not UTF-8, 16-bit PNGs and undecodable files read in a worker process.
 
-Everything runs on real files written here; the CLI runs as a real subprocess on tiny data.
+Everything runs on real files written here; the CLI runs through its `main` on tiny data.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ import io
 import os
 import re
 import struct
-import subprocess
-import sys
 import warnings
 import zlib
 from pathlib import Path
@@ -21,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers.cli import run_cli
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -35,7 +34,6 @@ from lit_classifiers import ClassifierModule
 from lit_classifiers.callbacks import confusion_matrix_figure, misclassified_figure
 from lit_classifiers.predictions import PredictionCSVWriter, PredictionWriteError, readable_text
 
-SCRIPT = Path(sys.executable).with_name("lit-classifiers")
 LATIN1_CLASS = b"caf\xe9"  # "café" in Latin-1: not valid UTF-8
 CLASS_FOLDERS = [LATIN1_CLASS, b"cat", b"dog"]
 CLASS_NAMES = ["caf\\xe9", "cat", "dog"]  # display_name of each, in label (sorted) order
@@ -70,15 +68,6 @@ def make_tree(root: Path, per_class: int = 6) -> Path:
             name = b"%d.%s" % (k, b"jpg" if k % 2 else b"png")
             write_image(os.path.join(directory, name), COLORS[label], seed=10 * label + k)
     return root
-
-
-def run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    command = [str(a) for a in args]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
-    if result.returncode != 0:
-        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result
 
 
 # ------------------------------------------------------------------------- the naming rule
@@ -151,8 +140,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cwd = tmp_path_factory.mktemp("fit")
     require_bytes_names(cwd)
     data = make_tree(cwd / "data")
-    run(
-        SCRIPT,
+    run_cli(
         "fit",
         "--model.backbone=resnet20",
         "--data=ImageFolderDataModule",
@@ -200,8 +188,7 @@ def test_predict_writes_a_row_for_a_non_utf8_file_name(fitted: Path, tmp_path: P
     for k, name in enumerate(names):
         write_image(os.path.join(photos, name), COLORS[k], seed=k)
     out = tmp_path / "predictions.csv"
-    run(
-        SCRIPT,
+    run_cli(
         "predict",
         "--config",
         directory / "config.yaml",
