@@ -13,7 +13,7 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from helpers.cli import SCRIPT, start
+from helpers.cli import run_cli
 from helpers.modules import NUM_CLASSES, make_loader, make_trainer
 from torch import Tensor, nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
@@ -108,19 +108,14 @@ def ema_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(ema_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The three formats, written by the real command (at once: each process spends most of
-    its time starting) with the default output names, beside a copy of the checkpoint."""
+    """The three formats, written by the command (through its ``main``, in this process) with
+    the default output names, beside a copy of the checkpoint."""
     folder = tmp_path_factory.mktemp("exported")
     checkpoint = folder / "model.ckpt"
     shutil.copy(ema_checkpoint, checkpoint)
-    processes = {
-        fmt: start(SCRIPT, "export", "--ckpt_path", checkpoint, "--format", fmt, cwd=folder)
-        for fmt in SUFFIXES
-    }
-    for fmt, process in processes.items():
-        stdout, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, f"{fmt}: {stderr[-3000:]}"
-        assert f"wrote {checkpoint.with_suffix(SUFFIXES[fmt])} ({fmt}, EMA weights" in stdout
+    for fmt in SUFFIXES:
+        result = run_cli("export", "--ckpt_path", checkpoint, "--format", fmt, cwd=folder)
+        assert f"wrote {checkpoint.with_suffix(SUFFIXES[fmt])} ({fmt}, EMA weights" in result.stdout
     return folder
 
 
