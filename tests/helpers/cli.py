@@ -1,4 +1,6 @@
-"""Running the ``lit-classifiers`` command for real, as a subprocess, and reading what it wrote."""
+"""Running the ``lit-classifiers`` command, in this process through its ``main``
+(:func:`run_cli`, :func:`run_each`) or as a real subprocess (:func:`run`, :func:`start`) where the
+process is the point, and reading what it wrote."""
 
 from __future__ import annotations
 
