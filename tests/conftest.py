@@ -1,9 +1,12 @@
 """Shared pytest settings and fixtures. Helper functions (tiny datasets in their on-disk formats,
 tiny networks, running the CLI) live in the ``helpers`` package beside this file."""
 
+import atexit
 import functools
 import http.server
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +23,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 else:
     os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+
+# Index caches go to the user's cache folder by default: the tests' go to a folder of their own,
+# removed at exit, never into the home of whoever runs them.
+if "LIT_CLASSIFIERS_CACHE" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="lit-classifiers-test-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["LIT_CLASSIFIERS_CACHE"] = _cache
 
 
 @pytest.fixture(scope="session")
