@@ -45,24 +45,9 @@ PRIVATE_APIS: tuple[PrivateApi, ...] = (
     # The CLI's help and error messages (issue 21 section 4 removes most of these).
     PrivateApi(
         "lit_classifiers/cli.py",
-        "jsonargparse._typehints",
-        "jsonargparse._typehints:get_all_subclass_paths",
-        "lists the subclasses a --data/--model.optimizer value may name",
-    ),
-    PrivateApi(
-        "lit_classifiers/cli.py",
-        "_typehint",
-        "jsonargparse._typehints:ActionTypeHint",
-        "an action's type",
-    ),
-    PrivateApi(
-        "lit_classifiers/cli.py",
         "_option_string_actions",
         "argparse:ArgumentParser",
         "the options a parser knows, for 'did you mean'",
-    ),
-    PrivateApi(
-        "lit_classifiers/cli.py", "_group_actions", "argparse:_ArgumentGroup", "help ordering"
     ),
     PrivateApi("lit_classifiers/cli.py", "_actions", "argparse:ArgumentParser", "help texts"),
     PrivateApi(
