@@ -58,7 +58,6 @@ from datamodules.files import display_name
 from datamodules.transforms import CenterCropDecode
 
 __all__ = [
-    "CENTER",
     "EVAL_PROTOCOLS",
     "REFERENCE_CROP",
     "RESNET_SCALES",
@@ -108,9 +107,6 @@ class EvalViews:
                 )
         elif self.scales:
             raise ValueError(f"{self.protocol} takes no scales, got {self.scales!r}")
-
-
-CENTER = EvalViews("center")
 
 
 def _parse(value: object) -> tuple[str, tuple[int, ...] | None]:
