@@ -32,7 +32,13 @@ from datamodules.datasets import (
     SkipCollate,
     decode_or_skip,
 )
-from datamodules.eval_views import ExactCenterCrop, eval_batch_size, requested_views, with_views
+from datamodules.eval_views import (
+    ExactCenterCrop,
+    check_eval_protocol,
+    eval_batch_size,
+    eval_views,
+    with_views,
+)
 from datamodules.files import default_cache_dirs, index_images
 from datamodules.info import DatasetInfo
 from datamodules.normalization import BatchNormalizer
@@ -178,6 +184,11 @@ class ImageClassificationDataModule(LightningDataModule):
         seed: Seed of every random split, so all DDP ranks agree on the splits.
         predict_dir: A folder whose images (found recursively, sorted) ``predict_dataloader``
             yields as ``(images, paths)`` with the evaluation transform.
+        eval_protocol: How validation, test and predict see each image: ``"center"`` (resize +
+            centre crop, batches ``(N, C, H, W)``), ``"ten_crop"`` (corners, centre and their
+            mirrors, batches ``(N, 10, C, H, W)``), ``"dense"`` or ``"dense:Q1,Q2,..."`` (the
+            whole image at several shorter sides Q and mirrored, one image per batch); see
+            :mod:`datamodules.eval_views`. The model averages its probabilities over the views.
 
     A subclass implements :meth:`_resolve_info` (its :class:`~datamodules.info.DatasetInfo`)
     and :meth:`_build_datasets`, and sets ``train_transform`` and ``eval_transform`` in its
@@ -196,8 +207,10 @@ class ImageClassificationDataModule(LightningDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
         predict_dir: str | None = None,
+        eval_protocol: str = "center",
     ) -> None:
         super().__init__()
+        self.eval_protocol = check_eval_protocol(eval_protocol)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         check_num_workers(num_workers)
@@ -378,9 +391,9 @@ class ImageClassificationDataModule(LightningDataModule):
         return self._eval_loader(self._dataset("test"))
 
     def _eval_loader(self, dataset: Dataset, paths: bool = False) -> DataLoader:
-        """An evaluation loader yielding the views of each image that the model being
-        evaluated asks for (its ``eval_protocol``; see :mod:`datamodules.eval_views`)."""
-        views = requested_views(self.trainer, self.image_size)
+        """An evaluation loader yielding the views of each image that ``eval_protocol`` asks
+        for (see :mod:`datamodules.eval_views`)."""
+        views = eval_views(self.eval_protocol, self.image_size)
         mode = "RGB" if self.in_channels == 3 else "L"
         dataset = with_views(dataset, views, self.image_size, self.eval_resize_size, mode)
         batch_size = eval_batch_size(views, self.batch_size)
@@ -452,6 +465,7 @@ class FileImageDataModule(ImageClassificationDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
         predict_dir: str | None = None,
+        eval_protocol: str = "center",
         train_augment: str = "inception",
         train_policy: str | None = None,
         random_erasing: float = 0.0,
@@ -465,6 +479,7 @@ class FileImageDataModule(ImageClassificationDataModule):
             persistent_workers=persistent_workers,
             seed=seed,
             predict_dir=predict_dir,
+            eval_protocol=eval_protocol,
         )
         check_image_size(image_size, batch_size=batch_size, channels=3)
         check_min_scale(min_scale)

@@ -57,7 +57,8 @@ class DigitsDataModule(ImageClassificationDataModule):
         test_split: Test images, as a count or a fraction of all 1,797.
         augment: Small random affine jitter (rotation, shift, scale) for training; digits are
             not mirror-symmetric, so there is no flip.
-        batch_size, num_workers, pin_memory, persistent_workers, seed, predict_dir: see
+        batch_size, num_workers, pin_memory, persistent_workers, seed, predict_dir,
+            eval_protocol: see
             :class:`ImageClassificationDataModule`. ``num_workers=None`` means 0 here: the data
             is one in-memory tensor, and worker start-up would cost more than it saves.
 
@@ -76,6 +77,7 @@ class DigitsDataModule(ImageClassificationDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
         predict_dir: str | None = None,
+        eval_protocol: str = "center",
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -84,6 +86,7 @@ class DigitsDataModule(ImageClassificationDataModule):
             persistent_workers=persistent_workers,
             seed=seed,
             predict_dir=predict_dir,
+            eval_protocol=eval_protocol,
         )
         check_image_size(image_size, batch_size=batch_size)
         self._image_size = image_size

@@ -1,9 +1,10 @@
-"""The views of an evaluation image that each evaluation protocol needs (the data side).
+"""Evaluation protocols, the data side: the views of each evaluation image.
 
-The model being evaluated chooses the protocol (``ClassifierModule(eval_protocol=...)``, see
-:mod:`lit_classifiers.eval_protocols`, the model side, which averages the model's class
-probabilities over the views); the datamodule asks it through :func:`requested_views` when it
-builds an evaluation loader, and decodes each image into:
+A datamodule's ``eval_protocol`` argument (``--data.eval_protocol`` on the command line) is the
+one place a run chooses how validation, test and predict see each image: the datamodule checks
+it when it is made, and its evaluation loaders yield the views. The model averages its class
+probabilities over whatever views a batch carries (:mod:`lit_classifiers.eval_protocols`), so
+it has no setting of its own. The protocols:
 
 * ``center``: the image resized so that its shorter side is ``resize_size``, then the central
   ``size`` square: one ``(C, size, size)`` tensor, batches ``(N, C, size, size)``. For image
@@ -25,7 +26,11 @@ builds an evaluation loader, and decodes each image into:
   that reorders the images, which Lightning's distributed-sampler injection and the padding
   count of :mod:`lit_classifiers.exact_eval` do not see through; one image per batch keeps
   every image counted exactly once, also under DDP, and each forward pass is still as large
-  as the whole image at that scale.
+  as the whole image at that scale. ``"dense"`` alone uses the VGG paper's scales
+  :data:`VGG_SCALES` = {256, 384, 512} (Sec. 4.2: Q = {S_min, 0.5(S_min + S_max), S_max} for S
+  in [256, 512]), given for 224-pixel crops and scaled by ``image_size / 224``;
+  ``"dense:Q1,Q2,..."`` sets the scales in pixels, e.g. ``dense:224,256,384,480,640``, the
+  ResNet paper's :data:`RESNET_SCALES` (He et al. 2015, Sec. 3.4).
 
 Stored arrays (digits, STL-10) get the same views, made from the stored image with
 torchvision's tensor resize (bilinear, antialiased) instead of PIL's.
@@ -34,6 +39,7 @@ torchvision's tensor resize (bilinear, antialiased) instead of PIL's.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -52,26 +58,35 @@ from datamodules.files import display_name
 from datamodules.transforms import CenterCropDecode
 
 __all__ = [
-    "CENTER",
     "EVAL_PROTOCOLS",
+    "REFERENCE_CROP",
+    "RESNET_SCALES",
+    "VGG_SCALES",
     "DenseViews",
     "EvalViews",
     "ExactCenterCrop",
     "TenCropViews",
+    "check_eval_protocol",
     "decode_full",
     "eval_batch_size",
-    "requested_views",
+    "eval_views",
     "resized_size",
     "views_transform",
     "with_views",
 ]
 
 EVAL_PROTOCOLS = ("center", "ten_crop", "dense")
+VGG_SCALES = (256, 384, 512)
+RESNET_SCALES = (224, 256, 384, 480, 640)
+#: The crop size both papers' scales were chosen for.
+REFERENCE_CROP = 224
+
+_DENSE_WITH_SCALES = re.compile(r"dense:(\d+(?:,\d+)*)")
 
 
 @dataclass(frozen=True)
 class EvalViews:
-    """What a model asks each evaluation image to be shown as: ``protocol`` (one of
+    """How each evaluation image is shown to the model: ``protocol`` (one of
     :data:`EVAL_PROTOCOLS`) and, for ``dense``, the shorter sides ``scales`` in pixels."""
 
     protocol: str = "center"
@@ -94,23 +109,40 @@ class EvalViews:
             raise ValueError(f"{self.protocol} takes no scales, got {self.scales!r}")
 
 
-CENTER = EvalViews("center")
+def _parse(value: object) -> tuple[str, tuple[int, ...] | None]:
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        if text in EVAL_PROTOCOLS:
+            return text, None
+        match = _DENSE_WITH_SCALES.fullmatch(text)
+        if match:
+            scales = tuple(int(q) for q in match.group(1).split(","))
+            if all(q > 0 for q in scales):
+                return "dense", tuple(dict.fromkeys(scales))
+    raise ValueError(
+        f"eval_protocol must be 'center', 'ten_crop', 'dense' or 'dense:Q1,Q2,...' (shorter "
+        f"sides in pixels, e.g. 'dense:256,384,512'), got {value!r}"
+    )
 
 
-def requested_views(trainer: Any, image_size: int) -> EvalViews:
-    """The views the model attached to ``trainer`` asks for, through its ``eval_views(image_size)``
-    method (``ClassifierModule`` has one); the centre crop when there is no such model."""
-    module = getattr(trainer, "lightning_module", None) if trainer is not None else None
-    ask = getattr(module, "eval_views", None)
-    if not callable(ask):
-        return CENTER
-    views = ask(image_size)
-    if not isinstance(views, EvalViews):
-        raise TypeError(
-            f"{type(module).__name__}.eval_views() must return an EvalViews, got "
-            f"{type(views).__name__}"
-        )
-    return views
+def check_eval_protocol(value: str) -> str:
+    """``value`` if it is a valid ``eval_protocol``: ``"center"``, ``"ten_crop"``, ``"dense"``
+    or ``"dense:Q1,Q2,..."``; a one-line ``ValueError`` otherwise."""
+    _parse(value)
+    return value
+
+
+def eval_views(protocol: str, image_size: int) -> EvalViews:
+    """The views of each image that ``protocol`` (an ``eval_protocol`` value) needs when the
+    crops are ``image_size`` pixels: bare ``"dense"`` is :data:`VGG_SCALES` scaled by
+    ``image_size / 224``."""
+    name, scales = _parse(protocol)
+    if name != "dense":
+        return EvalViews(name)
+    if scales is None:
+        factor = image_size / REFERENCE_CROP
+        scales = tuple(dict.fromkeys(max(1, round(q * factor)) for q in VGG_SCALES))
+    return EvalViews("dense", scales)
 
 
 def eval_batch_size(views: EvalViews, batch_size: int) -> int:

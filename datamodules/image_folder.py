@@ -51,7 +51,8 @@ class ImageFolderDataModule(FileImageDataModule):
             :class:`ImageNetDataModule` (see :mod:`datamodules.augment`); erased regions are
             filled with ``mean``.
         decode_device: Where training images are decoded, as for :class:`ImageNetDataModule`.
-        batch_size, num_workers, pin_memory, persistent_workers, seed, predict_dir: see
+        batch_size, num_workers, pin_memory, persistent_workers, seed, predict_dir,
+            eval_protocol: see
             :class:`ImageClassificationDataModule`.
     """
 
@@ -76,6 +77,7 @@ class ImageFolderDataModule(FileImageDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
         predict_dir: str | None = None,
+        eval_protocol: str = "center",
     ) -> None:
         train_dir = Path(data_dir) / "train"
         if not train_dir.is_dir():
@@ -102,6 +104,7 @@ class ImageFolderDataModule(FileImageDataModule):
             persistent_workers=persistent_workers,
             seed=seed,
             predict_dir=predict_dir,
+            eval_protocol=eval_protocol,
             train_augment=train_augment,
             train_policy=train_policy,
             random_erasing=random_erasing,

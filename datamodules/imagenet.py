@@ -147,7 +147,8 @@ class ImageNetDataModule(FileImageDataModule):
         decode_device: Where training images are decoded: ``"worker"`` (the DataLoader
             workers), ``"cuda"`` (nvJPEG on the training GPU; ``train_augment="inception"``
             only), ``"auto"`` or ``"cpu"`` (for testing); see :class:`FileImageDataModule`.
-        batch_size, num_workers, pin_memory, persistent_workers, seed, predict_dir: see
+        batch_size, num_workers, pin_memory, persistent_workers, seed, predict_dir,
+            eval_protocol: see
             :class:`ImageClassificationDataModule`.
     """
 
@@ -171,6 +172,7 @@ class ImageNetDataModule(FileImageDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
         predict_dir: str | None = None,
+        eval_protocol: str = "center",
     ) -> None:
         if not Path(data_dir).is_dir():
             raise FileNotFoundError(f"ImageNet data_dir={data_dir!r} is not a folder")
@@ -187,6 +189,7 @@ class ImageNetDataModule(FileImageDataModule):
             persistent_workers=persistent_workers,
             seed=seed,
             predict_dir=predict_dir,
+            eval_protocol=eval_protocol,
             train_augment=train_augment,
             train_policy=train_policy,
             random_erasing=random_erasing,

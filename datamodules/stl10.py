@@ -201,7 +201,8 @@ class STL10DataModule(ImageClassificationDataModule):
         random_erasing: Probability of RandomErasing (filled with the STL-10 mean colour).
         download: Fetch the official archive (2.6 GB) in ``prepare_data`` if the files are
             missing.
-        batch_size, num_workers, pin_memory, persistent_workers, seed, predict_dir: see
+        batch_size, num_workers, pin_memory, persistent_workers, seed, predict_dir,
+            eval_protocol: see
             :class:`ImageClassificationDataModule`.
     """
 
@@ -225,6 +226,7 @@ class STL10DataModule(ImageClassificationDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
         predict_dir: str | None = None,
+        eval_protocol: str = "center",
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -233,6 +235,7 @@ class STL10DataModule(ImageClassificationDataModule):
             persistent_workers=persistent_workers,
             seed=seed,
             predict_dir=predict_dir,
+            eval_protocol=eval_protocol,
         )
         if fold is not None and (
             isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < NUM_FOLDS

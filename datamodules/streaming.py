@@ -20,7 +20,7 @@ STL-10, which has no files, stores each image's raw ``(C, H, W)`` uint8 pixels i
 
 The transforms are the source datamodule's, with the same arguments: for image files the
 ``train_augment`` presets of :mod:`datamodules.augment` and the exact evaluation centre crop (and
-the ten-crop / dense views a model may ask for) of :mod:`datamodules.eval_views`, for STL-10 the
+the ten-crop / dense views of ``eval_protocol``) of :mod:`datamodules.eval_views`, for STL-10 the
 transforms :class:`~datamodules.stl10.STL10DataModule` builds. A file transform reads a path,
 so each stored file is handed to it as an anonymous in-memory file (:func:`bytes_as_file`): a
 streamed image is decoded exactly as its file is. Normalisation happens on the device, as for
@@ -74,7 +74,7 @@ from datamodules.decoding import ImageDecodeError
 from datamodules.eval_views import (
     ExactCenterCrop,
     eval_batch_size,
-    requested_views,
+    eval_views,
     views_transform,
 )
 from datamodules.files import display_name
@@ -659,7 +659,8 @@ class StreamingDataModule(ImageClassificationDataModule):
         cache_dir: Where litdata keeps chunks streamed from a URL (default its own,
             ``~/.lightning/chunks``); unused for a local folder, which is read in place.
         max_cache_size: Disk budget of that cache, e.g. ``"200GB"`` (default: litdata's).
-        batch_size, num_workers, pin_memory, persistent_workers, seed, predict_dir: see
+        batch_size, num_workers, pin_memory, persistent_workers, seed, predict_dir,
+            eval_protocol: see
             :class:`ImageClassificationDataModule`; ``seed`` also seeds the shuffling.
     """
 
@@ -684,6 +685,7 @@ class StreamingDataModule(ImageClassificationDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
         predict_dir: str | None = None,
+        eval_protocol: str = "center",
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -692,6 +694,7 @@ class StreamingDataModule(ImageClassificationDataModule):
             persistent_workers=persistent_workers,
             seed=seed,
             predict_dir=predict_dir,
+            eval_protocol=eval_protocol,
         )
         if not isinstance(input_dir, str) or not input_dir:
             raise ValueError(f"input_dir must be a folder or URL, got {input_dir!r}")
@@ -833,10 +836,10 @@ class StreamingDataModule(ImageClassificationDataModule):
     def _eval_loader(self, dataset: Dataset, paths: bool = False) -> DataLoader:
         if not isinstance(dataset, _litdata_class("StreamingImageDataset")):  # predict_dir
             return super()._eval_loader(dataset, paths)
-        views = requested_views(self.trainer, self.image_size)
+        views = eval_views(self.eval_protocol, self.image_size)
         mode = "RGB" if self.in_channels == 3 else "L"
         transform = views_transform(views, self.image_size, self.eval_resize_size, mode)
-        if transform is not None:  # ten_crop, dense: the model's protocol replaces the crop
+        if transform is not None:  # ten_crop, dense: the protocol's views replace the crop
             if self.metadata["encoding"] == "file":
                 dataset = dataset.with_decode(FromStoredFile(transform))
             else:

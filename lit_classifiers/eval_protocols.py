@@ -1,30 +1,24 @@
 """Evaluation protocols, the model side: class probabilities averaged over an image's views.
 
-``ClassifierModule(eval_protocol=...)`` (``--model.eval_protocol`` on the command line) is the
-one place a run chooses how validation, test and predict see each image:
+The datamodule's ``eval_protocol`` (``--data.eval_protocol``; :mod:`datamodules.eval_views`)
+chooses the views; the batch carries them, and :func:`protocol_logits` turns whatever arrives
+into one row per image:
 
-* ``"center"`` (default): one resize + centre crop per image, the plain forward pass.
-* ``"ten_crop"``: the four corners and the centre at the crop size, and their mirror images,
-  from the same resize; the softmax probabilities of the 10 crops are averaged. Krizhevsky et
-  al. 2012, Sec. 4.1 ("averaging the predictions made by the network's softmax layer on the ten
-  patches"); the "standard 10-crop testing" of He et al. 2015, Sec. 3.4.
-* ``"dense"``: the whole image at several scales Q (its shorter side) and mirrored; the network
-  is applied convolutionally, its class score map averaged spatially, and the softmax
+* ``(N, C, H, W)`` images (``center``, or any plain dataloader): the plain forward pass.
+* ``(N, V, C, H, W)`` views of one size (``ten_crop``): the softmax probabilities of the V views
+  averaged. Krizhevsky et al. 2012, Sec. 4.1 ("averaging the predictions made by the network's
+  softmax layer on the ten patches"); the "standard 10-crop testing" of He et al. 2015,
+  Sec. 3.4.
+* a list of ``(N, V, C, H_s, W_s)`` tensors, one per scale (``dense``): the network applied
+  convolutionally to each whole image, its class score map averaged spatially, and the softmax
   probabilities averaged over scales and flips (Simonyan & Zisserman 2015, Sec. 3.2: "the
   class score map is spatially averaged (sum-pooled)", "the soft-max class posteriors of the
-  original and flipped images are averaged"). ``"dense"`` uses the paper's scales:
-  :data:`VGG_SCALES` = {256, 384, 512} for AlexNet and VGG (Sec. 4.2, Q = {S_min, 0.5(S_min +
-  S_max), S_max} for S in [256, 512]) and :data:`RESNET_SCALES` = {224, 256, 384, 480, 640}
-  for every other network (He et al. 2015, Sec. 3.4), both given for 224-pixel crops and
-  scaled by ``image_size / 224`` for other crop sizes; ``"dense:Q1,Q2,..."`` sets the scales
-  in pixels.
+  original and flipped images are averaged").
 
-The datamodule makes the views (:mod:`datamodules.eval_views`, which it asks for through
-``ClassifierModule.eval_views``); :func:`protocol_logits` turns a batch of them into one row
-per image. Averaged probabilities are returned as their logarithm, a valid logit vector
-(softmax gives the probabilities back), so losses, accuracies and the probabilities
-``predict`` writes all come from the same numbers; the evaluation loss is then the negative
-log of the averaged probability of the true class.
+Averaged probabilities are returned as their logarithm, a valid logit vector (softmax gives the
+probabilities back), so losses, accuracies and the probabilities ``predict`` writes all come
+from the same numbers; the evaluation loss is then the negative log of the averaged
+probability of the true class.
 
 Dense evaluation of AlexNet and VGG turns their fully-connected layers into convolutions that
 share the layers' weights (:class:`ConvolutionalHead`: fc6 a 6x6 or 7x7 convolution, fc7 and
@@ -37,59 +31,13 @@ another kind is treated the same way, by its plain forward pass on the whole ima
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from datamodules.eval_views import EVAL_PROTOCOLS, EvalViews
-
-__all__ = [
-    "REFERENCE_CROP",
-    "RESNET_SCALES",
-    "VGG_SCALES",
-    "ConvolutionalHead",
-    "check_eval_protocol",
-    "convolutional_head",
-    "default_dense_scales",
-    "dense_logits",
-    "parse_eval_protocol",
-    "protocol_logits",
-    "requested_views",
-]
-
-VGG_SCALES = (256, 384, 512)
-RESNET_SCALES = (224, 256, 384, 480, 640)
-#: The crop size both papers' scales were chosen for.
-REFERENCE_CROP = 224
-
-_DENSE_WITH_SCALES = re.compile(r"dense:(\d+(?:,\d+)*)")
-
-
-def parse_eval_protocol(value: str) -> tuple[str, tuple[int, ...] | None]:
-    """``(protocol, scales)`` of an ``eval_protocol`` value; ``scales`` is ``None`` unless given
-    as ``"dense:Q1,Q2,..."``. Raises a one-line ``ValueError`` for anything else."""
-    if isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        if text in EVAL_PROTOCOLS:
-            return text, None
-        match = _DENSE_WITH_SCALES.fullmatch(text)
-        if match:
-            scales = tuple(int(q) for q in match.group(1).split(","))
-            if all(q > 0 for q in scales):
-                return "dense", tuple(dict.fromkeys(scales))
-    raise ValueError(
-        f"eval_protocol must be 'center', 'ten_crop', 'dense' or 'dense:Q1,Q2,...' (shorter "
-        f"sides in pixels, e.g. 'dense:256,384,512'), got {value!r}"
-    )
-
-
-def check_eval_protocol(value: str) -> str:
-    """``value`` if it is a valid ``eval_protocol`` (see :func:`parse_eval_protocol`)."""
-    parse_eval_protocol(value)
-    return value
+__all__ = ["ConvolutionalHead", "convolutional_head", "dense_logits", "protocol_logits"]
 
 
 # ------------------------------------------------------------------------------ fc as conv
@@ -194,23 +142,6 @@ def dense_logits(
 
 
 # ------------------------------------------------------------------------------ views
-def default_dense_scales(net: nn.Module, image_size: int) -> tuple[int, ...]:
-    """The paper's dense scales for ``net`` (VGG's for AlexNet/VGG-like heads, ResNet's
-    otherwise), scaled from 224-pixel crops to ``image_size``."""
-    scales = VGG_SCALES if _head_layout(net) is not None else RESNET_SCALES
-    factor = image_size / REFERENCE_CROP
-    return tuple(dict.fromkeys(max(1, round(q * factor)) for q in scales))
-
-
-def requested_views(protocol: str, net: nn.Module, image_size: int) -> EvalViews:
-    """The views the datamodule should make for ``protocol`` (an ``eval_protocol`` value) when
-    its images are ``image_size`` crops."""
-    name, scales = parse_eval_protocol(protocol)
-    if name != "dense":
-        return EvalViews(name)
-    return EvalViews("dense", scales or default_dense_scales(net, image_size))
-
-
 def _averaged_log_probs(probs: Tensor) -> Tensor:
     """``(N, V, K)`` view probabilities to the log of their mean over the views."""
     mean = probs.mean(dim=1)
@@ -218,29 +149,24 @@ def _averaged_log_probs(probs: Tensor) -> Tensor:
 
 
 def protocol_logits(
-    protocol: str,
     images: Tensor | Sequence[Tensor],
     forward: Callable[[Tensor], Tensor],
     net: nn.Module,
 ) -> Tensor:
-    """One logit row per image of an evaluation batch under ``protocol``.
-
-    ``images`` is what the datamodule's evaluation loader gives for it: ``(N, C, H, W)`` for
-    ``center`` (then this is ``forward(images)``), ``(N, V, C, H, W)`` views for ``ten_crop``,
-    a list of ``(N, V, C, H_s, W_s)`` tensors (one per scale) for ``dense``. For several views
-    the result is the log of the view-averaged softmax probabilities. ``forward`` is the
-    module's forward (EMA weights, channels-last), ``net`` the network it runs.
+    """One logit row per image of an evaluation batch, from whatever views it carries (see the
+    module docstring): ``(N, C, H, W)`` images give ``forward(images)``; ``(N, V, C, H, W)``
+    views or a list of them (one per dense scale) give the log of the view-averaged softmax
+    probabilities. ``forward`` is the module's forward (EMA weights, channels-last), ``net``
+    the network it runs.
     """
-    name, _ = parse_eval_protocol(protocol)
-    if isinstance(images, Tensor) and images.ndim == 4 and (name == "center" or not len(images)):
-        return forward(images)  # also a batch whose images were all skipped as undecodable
-    if name == "ten_crop" and isinstance(images, Tensor) and images.ndim == 5:
+    if isinstance(images, Tensor) and images.ndim == 4:
+        return forward(images)
+    if isinstance(images, Tensor) and images.ndim == 5:
         n, v = images.shape[:2]
         logits = forward(images.flatten(0, 1))
         return _averaged_log_probs(logits.float().softmax(-1).view(n, v, -1))
     if (
-        name == "dense"
-        and isinstance(images, (list, tuple))
+        isinstance(images, (list, tuple))
         and images
         and all(isinstance(x, Tensor) and x.ndim == 5 for x in images)
     ):
@@ -250,17 +176,12 @@ def protocol_logits(
             logits = dense_logits(net, scale.flatten(0, 1), forward)
             probs.append(logits.float().softmax(-1).view(n, v, -1))
         return _averaged_log_probs(torch.cat(probs, dim=1))
-    expected = {
-        "center": "an (N, C, H, W) tensor",
-        "ten_crop": "an (N, V, C, H, W) tensor of views",
-        "dense": "a list of (N, V, C, H, W) tensors, one per scale",
-    }[name]
-    if isinstance(images, Tensor):
-        got = f"a tensor of shape {tuple(images.shape)}"
-    else:
-        got = f"a {type(images).__name__}"
+    got = (
+        f"a tensor of shape {tuple(images.shape)}"
+        if isinstance(images, Tensor)
+        else (f"a {type(images).__name__}")
+    )
     raise ValueError(
-        f"eval_protocol={protocol!r} needs evaluation batches of {expected}, as the "
-        f"datamodules of this project make them (datamodules.eval_views), got {got}; plain "
-        "dataloaders only support eval_protocol='center'"
+        "evaluation batches must hold (N, C, H, W) images, (N, V, C, H, W) views or a list of "
+        f"(N, V, C, H, W) tensors, one per dense scale (datamodules.eval_views), got {got}"
     )

@@ -317,7 +317,7 @@ def _description(network: _Network, format: str) -> dict[str, Any]:
             **network.preprocessing,
             "included": network.included,
             "steps": steps,
-            # The file is one view per image; ClassifierModule's ten_crop and dense protocols
+            # The file is one view per image; the datamodules' ten_crop and dense protocols
             # average several views, which a server would have to do itself.
             "eval_protocol": "center",
         }

@@ -59,7 +59,6 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 from typing_extensions import Self
 
-from datamodules.eval_views import EvalViews
 from datamodules.info import dataset_info
 from lit_classifiers.callbacks import (
     ClassifierTensorBoard,
@@ -73,7 +72,7 @@ from lit_classifiers.checkpoint_io import (
     checked_classifier_checkpoint,
     first_non_finite,
 )
-from lit_classifiers.eval_protocols import check_eval_protocol, protocol_logits, requested_views
+from lit_classifiers.eval_protocols import protocol_logits
 from lit_classifiers.exact_eval import EvalSampleCounter
 from lit_classifiers.finetuning import BodyFinetuning
 from lit_classifiers.optimization import (
@@ -92,10 +91,8 @@ __all__ = ["ClassifierModule"]
 RNG_KEY = "rng_states"
 
 # Not stored in the hyper-parameters: the callables are code, not data (checkpoints load with
-# weights_only). eval_protocol is a choice of each evaluation, not of the trained weights:
-# stored, ``test --ckpt_path`` would put the checkpoint's value over the one given on its
-# command line.
-_UNSAVED = ("optimizer", "lr_scheduler", "eval_protocol")
+# weights_only).
+_UNSAVED = ("optimizer", "lr_scheduler")
 
 
 class ClassifierModule(pl.LightningModule):
@@ -147,11 +144,11 @@ class ClassifierModule(pl.LightningModule):
         channels_last: Run convolutions in channels-last memory format (faster on tensor cores).
         compile: ``torch.compile`` the backbone.
         predict_topk: Classes returned per image by ``predict_step``.
-        eval_protocol: How validation, test and predict see each image: ``"center"`` (resize
-            + centre crop), ``"ten_crop"`` (corners, centre and mirrors; probabilities
-            averaged), ``"dense"`` (whole image at several scales and mirrored, the network
-            applied convolutionally) or ``"dense:Q1,Q2,..."`` (those scales, in pixels); see
-            :mod:`lit_classifiers.eval_protocols`. Not saved in checkpoints: pass it again.
+
+    Validation, test and predict average the class probabilities over whatever views of each
+    image a batch carries: ``(N, C, H, W)`` images are one view each, ``(N, V, C, H, W)`` (the
+    datamodules' ``eval_protocol="ten_crop"``) or a list of those per scale (``"dense"``) are
+    several; see :mod:`lit_classifiers.eval_protocols`.
     """
 
     # Properties TorchScript must not compile (to_torchscript): they read the hyper-parameters.
@@ -188,7 +185,6 @@ class ClassifierModule(pl.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         predict_topk: int = 5,
-        eval_protocol: str = "center",
     ) -> None:
         super().__init__()
         _check_arguments(
@@ -203,7 +199,6 @@ class ClassifierModule(pl.LightningModule):
             body_lr_scale=body_lr_scale,
             predict_topk=predict_topk,
         )
-        self.eval_protocol = check_eval_protocol(eval_protocol)
         unsaved = [*_UNSAVED, *(["backbone"] if isinstance(backbone, nn.Module) else [])]
         self.save_hyperparameters(ignore=unsaved)
         # The signature's lambda is there for LightningCLI, which prints it as SGD with its
@@ -292,15 +287,10 @@ class ClassifierModule(pl.LightningModule):
         """The network :meth:`forward` runs now."""
         return self.ema.module if self.ema is not None and not self.training else self.backbone
 
-    def eval_views(self, image_size: int) -> EvalViews:
-        """The views of each image that ``eval_protocol`` needs, for crops of ``image_size``:
-        what the datamodules ask for when they build an evaluation loader."""
-        return requested_views(self.eval_protocol, self._net(), image_size)
-
     def _eval_logits(self, images: Tensor | Sequence[Tensor]) -> Tensor:
-        """One logit row per image under ``eval_protocol`` (see
+        """One logit row per image, averaged over the views the batch carries (see
         :func:`~lit_classifiers.eval_protocols.protocol_logits`)."""
-        return protocol_logits(self.eval_protocol, images, self, self._net())
+        return protocol_logits(images, self, self._net())
 
     def train(self, mode: bool = True) -> Self:
         # A frozen body must not update its batch-norm statistics either, whoever calls train().

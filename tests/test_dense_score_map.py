@@ -39,5 +39,5 @@ def test_dense_logits_are_the_mean_of_the_head_over_the_windows(
         mirrored = dense_logits(net, images.flip(-1))
         probs = (expected.softmax(-1) + mirrored.softmax(-1)) / 2
         torch.testing.assert_close(
-            protocol_logits("dense", [views], net, net), probs.log(), rtol=1e-4, atol=1e-4
+            protocol_logits([views], net, net), probs.log(), rtol=1e-4, atol=1e-4
         )

@@ -7,6 +7,7 @@ are and cut into portrait, small, large and grayscale JPEGs.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import sys
@@ -23,14 +24,22 @@ from torchvision.models import ResNet50_Weights
 from torchvision.transforms import Resize, TenCrop
 from torchvision.transforms import functional as TF
 
-from datamodules import DigitsDataModule, ImageFolderDataModule
-from datamodules.eval_views import DenseViews, ExactCenterCrop, TenCropViews, resized_size
-from lit_classifiers.eval_protocols import (
-    convolutional_head,
-    dense_logits,
-    parse_eval_protocol,
-    protocol_logits,
+from datamodules import (
+    DigitsDataModule,
+    ImageFolderDataModule,
+    ImageNetDataModule,
+    STL10DataModule,
+    StreamingDataModule,
 )
+from datamodules.eval_views import (
+    DenseViews,
+    EvalViews,
+    ExactCenterCrop,
+    TenCropViews,
+    eval_views,
+    resized_size,
+)
+from lit_classifiers.eval_protocols import convolutional_head, dense_logits, protocol_logits
 from lit_classifiers.module import ClassifierModule
 from lit_classifiers.registry import create_backbone
 
@@ -84,9 +93,9 @@ def tiny_datamodule(root: Path, **kwargs: object) -> ImageFolderDataModule:
     return ImageFolderDataModule(str(root), **{**settings, **kwargs})
 
 
-def tiny_model(protocol: str, seed: int = 0) -> ClassifierModule:
+def tiny_model(seed: int = 0) -> ClassifierModule:
     torch.manual_seed(seed)
-    return ClassifierModule(TinyNet(NUM_CLASSES), num_classes=NUM_CLASSES, eval_protocol=protocol)
+    return ClassifierModule(TinyNet(NUM_CLASSES), num_classes=NUM_CLASSES)
 
 
 def assert_relative(actual: torch.Tensor, expected: torch.Tensor, tolerance: float = 1e-5):
@@ -199,42 +208,69 @@ def test_dense_at_the_crop_size_gives_the_plain_forward(fc_networks, photos, nam
         dense = dense_logits(net, x)
         assert_relative(dense, plain)
         # The protocol: softmax of image and mirror averaged, one row per image.
-        model = ClassifierModule(net, num_classes=NUM_CLASSES, eval_protocol=f"dense:{size}")
+        model = ClassifierModule(net, num_classes=NUM_CLASSES)
         model.eval()
-        logits = protocol_logits(model.eval_protocol, [x.unsqueeze(0)], model, net)
+        logits = protocol_logits([x.unsqueeze(0)], model, net)
         expected = plain.softmax(-1).mean(0, keepdim=True).log()
         torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_default_dense_scales_follow_the_papers(fc_networks) -> None:
-    vgg = ClassifierModule(fc_networks["vgg11"], num_classes=NUM_CLASSES, eval_protocol="dense")
-    resnet = ClassifierModule("resnet18", num_classes=NUM_CLASSES, eval_protocol="dense")
-    assert vgg.eval_views(224).scales == (256, 384, 512)
-    assert resnet.eval_views(224).scales == (224, 256, 384, 480, 640)
-    assert resnet.eval_views(112).scales == (112, 128, 192, 240, 320)
-    assert resnet.eval_views(224).protocol == "dense"
-    explicit = ClassifierModule("resnet18", num_classes=NUM_CLASSES, eval_protocol="dense:300,200")
-    assert explicit.eval_views(224).scales == (300, 200)
-    assert parse_eval_protocol("ten_crop") == ("ten_crop", None)
+def test_dense_scales_default_to_the_vgg_papers() -> None:
+    assert eval_views("dense", 224) == EvalViews("dense", (256, 384, 512))
+    assert eval_views("dense", 112).scales == (128, 192, 256)  # scaled by image_size / 224
+    assert eval_views("dense:224,256,384,480,640", 112).scales == (224, 256, 384, 480, 640)
+    assert eval_views("dense:300,200", 224).scales == (300, 200)
+    assert eval_views(" ten_crop", 224) == EvalViews("ten_crop")
 
 
+def _data_dir(root: Path) -> str:
+    (root / "train" / "c0").mkdir(parents=True)
+    return str(root)
+
+
+# Every datamodule takes eval_protocol and checks it when it is made, before reading any data.
+DATAMODULES = {
+    "digits": lambda root: DigitsDataModule,
+    "stl10": lambda root: functools.partial(STL10DataModule, str(root)),
+    "imagenet": lambda root: functools.partial(ImageNetDataModule, str(root)),
+    "image_folder": lambda root: functools.partial(ImageFolderDataModule, _data_dir(root)),
+    "streaming": lambda root: functools.partial(StreamingDataModule, str(root)),
+}
+
+
+@pytest.mark.parametrize("datamodule", sorted(DATAMODULES))
 @pytest.mark.parametrize("bad", ["tencrop", "dense:", "dense:0,256", "dense:256;384", 5])
-def test_bad_eval_protocol_is_a_one_line_error(bad) -> None:
+def test_bad_eval_protocol_is_a_one_line_error(tmp_path: Path, datamodule: str, bad) -> None:
+    make = DATAMODULES[datamodule](tmp_path)
     with pytest.raises(
         ValueError, match="eval_protocol must be 'center', 'ten_crop', 'dense'"
     ) as e:
-        ClassifierModule(TinyNet(NUM_CLASSES), num_classes=NUM_CLASSES, eval_protocol=bad)
+        make(eval_protocol=bad)
     assert "\n" not in str(e.value) and repr(bad) in str(e.value)
 
 
-def test_plain_dataloader_under_ten_crop_is_an_error_not_a_centre_crop() -> None:
-    model = tiny_model("ten_crop")
+def test_model_averages_the_views_of_a_plain_dataloader() -> None:
+    """The model has no protocol of its own: (N, V, C, H, W) batches from any loader are
+    averaged over V, and plain (N, C, H, W) batches are one view each."""
+    model = tiny_model()
+    torch.manual_seed(1)
+    views, labels = torch.randn(6, 3, 3, 8, 8), torch.arange(6) % NUM_CLASSES
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(torch.randn(6, 3, 8, 8), torch.arange(6) % NUM_CLASSES),
-        batch_size=3,
+        torch.utils.data.TensorDataset(views, labels), batch_size=3
     )
-    with pytest.raises(ValueError, match=r"eval_protocol='ten_crop' needs .* \(N, V, C, H, W\)"):
-        make_trainer().test(model, loader, verbose=False)
+    averaged = make_trainer().test(model, loader, verbose=False)[0]
+    plain = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(views[:, 0], labels), batch_size=3
+    )
+    single = make_trainer().test(model, plain, verbose=False)[0]
+    model.eval()
+    with torch.no_grad():
+        probs = model(views.flatten(0, 1)).softmax(-1).view(6, 3, -1).mean(1)
+        first = torch.nn.functional.cross_entropy(model(views[:, 0]), labels)
+    expected = -probs[torch.arange(6), labels].log().mean()
+    assert averaged["test/loss"] == pytest.approx(float(expected), abs=1e-5)
+    assert single["test/loss"] == pytest.approx(float(first), abs=1e-5)
+    assert averaged["test/loss"] != pytest.approx(single["test/loss"], abs=1e-3)
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -256,8 +292,8 @@ def hand_probabilities(model: ClassifierModule, path: Path, protocol: str, dm) -
 @pytest.mark.parametrize("protocol", ["ten_crop", "dense:16,24"])
 def test_test_and_predict_average_the_views(tmp_path: Path, protocol: str) -> None:
     files = write_tiny_folder(tmp_path, count=11)
-    dm = tiny_datamodule(tmp_path, predict_dir=str(tmp_path / "test"))
-    model = tiny_model(protocol)
+    dm = tiny_datamodule(tmp_path, predict_dir=str(tmp_path / "test"), eval_protocol=protocol)
+    model = tiny_model()
     trainer = make_trainer()
     metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
     predictions = trainer.predict(model, datamodule=dm)
@@ -295,14 +331,15 @@ def test_two_processes_match_one_process(tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_tiny_folder(data, count=37)  # 37: divisible by neither the batch size nor 2 processes
     state_path = tmp_path / "state.pt"
-    torch.save(tiny_model("center").state_dict(), state_path)
+    torch.save(tiny_model().state_dict(), state_path)
 
     single = {}
     trainer = make_trainer()
     for protocol in PROTOCOLS:
-        model = tiny_model(protocol)
+        model = tiny_model()
         model.load_state_dict(torch.load(state_path, weights_only=True))
-        single[protocol] = trainer.test(model, datamodule=tiny_datamodule(data), verbose=False)[0]
+        dm = tiny_datamodule(data, eval_protocol=protocol)
+        single[protocol] = trainer.test(model, datamodule=dm, verbose=False)[0]
 
     ranks = run_two_ranks(Path(__file__), "ddp-test", data, state_path, tmp_path, out_dir=tmp_path)
 
@@ -338,9 +375,10 @@ def _ddp_test_main(data: str, state_path: str, out_dir: str) -> None:
     seen = SeenImages()
     trainer = make_trainer(devices=2, strategy="ddp", callbacks=[seen])
     for protocol in PROTOCOLS:
-        model = tiny_model(protocol)
+        model = tiny_model()
         model.load_state_dict(torch.load(state_path, weights_only=True))
-        metrics = trainer.test(model, datamodule=tiny_datamodule(Path(data)), verbose=False)[0]
+        dm = tiny_datamodule(Path(data), eval_protocol=protocol)
+        metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
         result["test"][protocol], result["seen"][protocol] = metrics, seen.count
     Path(out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
 
@@ -353,7 +391,7 @@ def test_cli_test_with_dense_protocol(fitted_run: Path, tmp_path: Path) -> None:
     run_cli(
         "test",
         *TINY,
-        "--model.eval_protocol=dense",
+        "--data.eval_protocol=dense",
         f"--trainer.limit_test_batches={images}",
         f"--ckpt_path={checkpoint}",
         cwd=tmp_path,
@@ -364,8 +402,8 @@ def test_cli_test_with_dense_protocol(fitted_run: Path, tmp_path: Path) -> None:
     # The same images evaluated in this process. The checkpoint (from a fit under "center")
     # must not have put its own protocol over the command line's.
     def evaluate(protocol: str) -> dict[str, float]:
-        model = ClassifierModule.load_from_checkpoint(checkpoint, eval_protocol=protocol)
-        dm = DigitsDataModule(image_size=8, batch_size=1)
+        model = ClassifierModule.load_from_checkpoint(checkpoint)
+        dm = DigitsDataModule(image_size=8, batch_size=1, eval_protocol=protocol)
         trainer = make_trainer(limit_test_batches=images)
         return trainer.test(model, datamodule=dm, verbose=False)[0]
 
@@ -399,7 +437,7 @@ def test_vgg16_paper_recipe_tests_with_the_dense_protocol_end_to_end(tmp_path: P
         "--data.image_size=32",
         "--data.batch_size=2",
         "--data.num_workers=0",
-        "--model.eval_protocol=dense:224",
+        "--data.eval_protocol=dense:224",
         "--trainer.limit_test_batches=1",
         "--trainer.enable_progress_bar=false",
         cwd=tmp_path,

@@ -22,7 +22,7 @@ import torch
 import yaml
 from helpers.data import make_folder_layout, write_stl10
 
-from datamodules.eval_views import EvalViews
+from datamodules.eval_views import EvalViews, eval_views
 from lit_classifiers.cli import cli_main
 from lit_classifiers.models.base import Backbone
 
@@ -53,7 +53,7 @@ PAPER_PROTOCOLS: dict[str, dict[str, Any]] = {
             "data.init_args.batch_size": 128 // 8,
             "data.init_args.eval_resize": 256,
             "data.init_args.train_augment": "alexnet",
-            "model.eval_protocol": "ten_crop",
+            "data.init_args.eval_protocol": "ten_crop",
         },
         "views": ("ten_crop", ()),
         "dropout": [0.5, 0.5],
@@ -74,7 +74,7 @@ PAPER_PROTOCOLS: dict[str, dict[str, Any]] = {
             "data.init_args.batch_size": 256 // 8,
             "data.init_args.image_size": 224,
             "data.init_args.train_augment": "vgg",
-            "model.eval_protocol": "dense:256,384,512",
+            "data.init_args.eval_protocol": "dense:256,384,512",
         },
         "views": ("dense", (256, 384, 512)),
         "dropout": [0.5, 0.5],
@@ -95,7 +95,7 @@ PAPER_PROTOCOLS: dict[str, dict[str, Any]] = {
             "data.init_args.batch_size": 256 // 8,
             "data.init_args.image_size": 224,
             "data.init_args.train_augment": "resnet",
-            "model.eval_protocol": "ten_crop",
+            "data.init_args.eval_protocol": "ten_crop",
         },
         "views": ("ten_crop", ()),
         "dropout": [],  # "We do not use dropout"
@@ -137,7 +137,7 @@ INDEPENDENT = {
     # Simonyan & Zisserman's 74 epochs, in vgg16.yaml and vgg16_paper.yaml.
     ("imagenet", "trainer.max_epochs"): {"vgg16", "vgg16_paper"},
     # Krizhevsky et al.'s ten patches, which He et al. adopt as "the standard 10-crop testing".
-    ("imagenet", "model.eval_protocol"): {"alexnet_paper", "resnet50_paper"},
+    ("imagenet", "data.init_args.eval_protocol"): {"alexnet_paper", "resnet50_paper"},
 }
 # The recipes as they were before the split (one self-contained file each, commit 802d389), minus
 # their comments: what each run must still get. Per dataset the keys every old file had, then each
@@ -345,14 +345,19 @@ def test_recipe_instantiates_model_and_datamodule(recipe, tiny_data, tmp_path, m
     assert model.num_classes == data.num_classes == len(data.class_names)
     assert model.hparams.in_channels == data.in_channels
     assert data.image_size >= model.backbone.min_input_size
-    images, labels = next(iter(data.val_dataloader()))
-    assert tuple(images.shape[1:]) == (data.in_channels, data.image_size, data.image_size)
-    assert int(labels.max()) < model.num_classes
-    # How validation and test will see each image (the loaders above are built before a trainer
-    # attaches the model, so they give the centre crop whatever the protocol).
+    # How validation and test see each image: the recipe's protocol, in the batches themselves.
     paper = PAPER_PROTOCOLS.get(recipe_id(recipe), {})
     protocol, scales = paper.get("views", ("center", ()))
-    assert model.eval_views(data.image_size) == EvalViews(protocol, scales)
+    assert eval_views(data.eval_protocol, data.image_size) == EvalViews(protocol, scales)
+    images, labels = next(iter(data.val_dataloader()))
+    crop = (data.in_channels, data.image_size, data.image_size)
+    if protocol == "dense":  # one image per batch, each scale a (1, 2, C, h, w) tensor
+        assert [(x.shape[:3], min(x.shape[-2:])) for x in images] == [
+            ((1, 2, data.in_channels), q) for q in scales
+        ]
+    else:
+        assert tuple(images.shape[1:]) == ((10, *crop) if protocol == "ten_crop" else crop)
+    assert int(labels.max()) < model.num_classes
     if "dropout" in paper:
         rates = [m.p for m in model.backbone.modules() if isinstance(m, torch.nn.Dropout)]
         assert [p for p in rates if p > 0] == paper["dropout"]

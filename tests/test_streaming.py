@@ -102,6 +102,31 @@ def stream(out: Path, **kwargs: Any) -> StreamingDataModule:
 
 
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("protocol", ["ten_crop", "dense:8,12"])
+def test_streamed_eval_protocol_views_equal_the_folder_datamodules(
+    tmp_path: Path, protocol: str
+) -> None:
+    """``eval_protocol`` is the streaming datamodule's own argument too: its test batches hold
+    the same views as the image folder's it was converted from."""
+    data = unique_folder(tmp_path / "photos", {"train": 3, "val": 3, "test": 5})
+    out = convert(ImageFolderDataModule(str(data), image_size=8, num_workers=0), tmp_path / "lit")
+    folder = ImageFolderDataModule(
+        str(data), image_size=8, batch_size=4, num_workers=0, eval_protocol=protocol
+    )
+    streamed = stream(out, eval_protocol=protocol)
+    folder.setup()
+    streamed.setup()
+    pairs = list(zip(folder.test_dataloader(), streamed.test_dataloader(), strict=True))
+    assert len(pairs) == (2 if protocol == "ten_crop" else 5)  # dense: one image per batch
+    for (images, labels), (views, stream_labels) in pairs:
+        assert torch.equal(labels, stream_labels)
+        images = [images] if protocol == "ten_crop" else images
+        views = [views] if protocol == "ten_crop" else views
+        assert [x.shape[1] for x in views] == ([10] if protocol == "ten_crop" else [2, 2])
+        assert all(torch.equal(a, b) for a, b in zip(images, views, strict=True))
+
+
+# ------------------------------------------------------------------------------------------------
 def test_streamed_image_folder_equals_the_folder_datamodule(tmp_path: Path) -> None:
     data = unique_folder(tmp_path / "photos", {"train": 21, "val": 10, "test": 7})
     folder = ImageFolderDataModule(str(data), image_size=8, batch_size=4, num_workers=0)

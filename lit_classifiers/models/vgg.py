@@ -79,8 +79,9 @@ class VGG(Backbone):
       ``x.view(-1, 512*7*7)`` mixed the samples of a batch at any size but 224. The paper
       tests densely instead (Section 3.2: fc6 as a 7x7 convolution, fc7 and fc8 as 1x1
       convolutions over the whole image, the class score map averaged): that is
-      ``ClassifierModule(eval_protocol="dense")``, which applies these same weights as
-      convolutions and skips the pooling (:mod:`lit_classifiers.eval_protocols`).
+      ``eval_protocol="dense"`` of the datamodules, under which ``ClassifierModule`` applies
+      these same weights as convolutions and skips the pooling
+      (:mod:`lit_classifiers.eval_protocols`).
     - Initialisation is torchvision's (He-normal convolutions, N(0, 0.01) linear layers), not
       the paper's staged training of deeper configurations from configuration A.
     """
