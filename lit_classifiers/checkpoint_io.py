@@ -240,7 +240,8 @@ def _copy(
             while chunk := read(_CHUNK):
                 if checkpoint and len(head) < 64:
                     head += chunk[: 64 - len(head)]
-                    if len(head) == 64:
+                    # A page that is not a checkpoint is refused on what arrived, not after 64 B.
+                    if len(head) == 64 or not _may_be_checkpoint(head):
                         _check_header(head, what)
                 received += len(chunk)
                 if received > limit:
@@ -315,6 +316,14 @@ def _load(
             f"{what} holds a {type(checkpoint).__name__}, not a checkpoint dictionary"
         )
     return checkpoint
+
+
+def _may_be_checkpoint(head: bytes) -> bool:
+    """Whether ``head`` is, or may still become, the start of a zip or pickle checkpoint."""
+    return any(
+        head.startswith(magic) or magic.startswith(head)
+        for magic in (_ZIP_MAGIC, _PICKLE_PROTOCOL_2)
+    )
 
 
 def _check_header(head: bytes, what: str) -> None:
