@@ -42,48 +42,7 @@ PRIVATE_APIS: tuple[PrivateApi, ...] = (
         "writes the HParams plugin's ready-made Summary protobufs; SummaryWriter's add_* "
         "methods each build their own (Lightning's TensorBoardLogger makes the same call)",
     ),
-    # The CLI's help and error messages (issue 21 section 4 removes most of these).
-    PrivateApi(
-        "lit_classifiers/cli.py",
-        "_option_string_actions",
-        "argparse:ArgumentParser",
-        "the options a parser knows, for 'did you mean'",
-    ),
-    PrivateApi("lit_classifiers/cli.py", "_actions", "argparse:ArgumentParser", "help texts"),
-    PrivateApi(
-        "lit_classifiers/cli.py",
-        "_add_subcommands",
-        "lightning.pytorch.cli:LightningCLI._add_subcommands",
-        "adds export/prepare/backbones to the subcommand list",
-    ),
-    PrivateApi(
-        "lit_classifiers/cli.py",
-        "_subcommands_action",
-        "jsonargparse:ArgumentParser",
-        "the subcommand list's help",
-    ),
-    PrivateApi("lit_classifiers/cli.py", "_choices_actions", "argparse:_SubParsersAction", "same"),
-    PrivateApi(
-        "lit_classifiers/cli.py",
-        "_ChoicesPseudoAction",
-        "argparse:_SubParsersAction._ChoicesPseudoAction",
-        "same",
-    ),
-    PrivateApi(
-        "lit_classifiers/cli.py",
-        "_subcommand_parsers",
-        "lightning.pytorch.cli:LightningCLI",
-        "each subcommand's --ckpt_path help",
-    ),
-    PrivateApi(
-        "lit_classifiers/cli.py",
-        "_model_class",
-        "lightning.pytorch.cli:LightningCLI",
-        "--model.backbone as a registered name",
-    ),
-    PrivateApi(
-        "lit_classifiers/cli.py", "_datamodule_class", "lightning.pytorch.cli:LightningCLI", "same"
-    ),
+    # The CLI.
     PrivateApi(
         "lit_classifiers/cli.py",
         "_parse_ckpt_path",
@@ -94,15 +53,8 @@ PRIVATE_APIS: tuple[PrivateApi, ...] = (
         "lit_classifiers/cli.py",
         "_get_help_string",
         "argparse:HelpFormatter._get_help_string",
-        "help restyled",
+        "each Lightning option's help as its first sentence, without the list of subclasses",
     ),
-    PrivateApi(
-        "lit_classifiers/cli.py", "_expand_help", "argparse:HelpFormatter._expand_help", "same"
-    ),
-    PrivateApi(
-        "lit_classifiers/cli.py", "_split_lines", "argparse:HelpFormatter._split_lines", "same"
-    ),
-    PrivateApi("lit_classifiers/cli.py", "_prog", "argparse:HelpFormatter", "same"),
     # The data pipeline.
     PrivateApi(
         "benchmarks/gpu_resnet50.py",

@@ -148,7 +148,7 @@ MISTAKES: dict[str, tuple[list[str], str]] = {
     ),
     "literal": (
         ["fit", *TINY, "--model.lr_scheduler_interval", "epochs"],
-        r"--model\.lr_scheduler_interval: expected one of 'epoch', 'step', got 'epochs'",
+        r"model\.lr_scheduler_interval.*'epoch', 'step'.*epochs",
     ),
     "subcommand": (["fti"], r"unknown subcommand 'fti'"),
 }

@@ -23,7 +23,8 @@ import yaml
 from helpers.cli import REPO, TINY, cli_env, run, run_dirs, scalars
 from jsonargparse import Namespace
 
-from lit_classifiers.cli import RUN_VERSION_ENV, _claim_version, _is_launching_process, cli_main
+from lit_classifiers.cli import cli_main
+from lit_classifiers.run_folders import RUN_VERSION_ENV, claim_version, is_launching_process
 
 README = REPO / "README.md"
 SBATCH = REPO / "examples" / "slurm" / "train_imagenet.sbatch"
@@ -404,9 +405,9 @@ def test_only_global_rank_zero_claims_a_run_folder(
     monkeypatch.setenv(RUN_VERSION_ENV, "")  # restored afterwards, whatever the claim sets
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
-    assert _is_launching_process() is launching
+    assert is_launching_process() is launching
 
     monkeypatch.chdir(tmp_path)
-    version = _claim_version(Namespace(save_dir="runs", name="digits-resnet20", version=None))
+    version = claim_version(Namespace(save_dir="runs", name="digits-resnet20", version=None))
     claimed = sorted(p.name for p in (tmp_path / "runs" / "digits-resnet20").glob("*"))
     assert (version, claimed) == ((0, ["version_0"]) if launching else (None, []))
