@@ -8,19 +8,15 @@
     lit-classifiers backbones "resnet*"
 
 Defaults: a TensorBoard logger writing one folder per run under ``runs/`` with the run's full
-config beside it, ``ModelCheckpoint`` on ``val/acc1`` keeping ``last.ckpt``, the learning-rate
-monitor, a progress bar and seed 0. The datamodule's ``num_classes``, ``class_names`` and
-``in_channels`` reach the model without being repeated.
+config beside it, ``ModelCheckpoint`` on ``val/acc1`` keeping ``last.ckpt``, a progress bar and
+seed 0. The datamodule's ``num_classes``, ``class_names`` and ``in_channels`` reach the model
+without being repeated.
 
 One place per run: ``runs/<data>-<backbone>/version_N`` holds everything of a run, for every
-logger (``--trainer.logger+ CSVLogger`` writes there too, and without a logger the config and
-checkpoints still go there, not into the working directory); ``validate``, ``test`` and
-``predict`` of a checkpoint in a run's ``checkpoints/`` log into that run's folder, so its
-TensorBoard run (and HParams trial) shows the fit and the evaluation together.
-
-For people: ``--help`` lists the registered backbones and the datamodules and gives each
-Lightning option its first sentence (about 360 lines for ``fit``); a mistake gets one line that
-says what to write instead (see :func:`explain`); options are never abbreviated.
+logger (see lit_classifiers/run_folders.py). For people: ``--help`` lists the registered
+backbones and the datamodules and gives each Lightning option its first sentence
+(lit_classifiers/cli_help.py); a common mistake gets one line that says what to write instead
+(lit_classifiers/cli_mistakes.py); options are never abbreviated.
 
 Whatever a user hands the command is treated as possibly hostile: a checkpoint (local or a URL)
 is read with ``weights_only=True`` and its hyper-parameters may only name a registered backbone,
@@ -30,11 +26,8 @@ share one.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import copy
 import functools
-import inspect
 import logging
 import os
 import re
@@ -45,7 +38,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from jsonargparse import DefaultHelpFormatter, Namespace
+from jsonargparse import Namespace
 from jsonargparse.typing import register_type
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, Trainer
@@ -59,36 +52,24 @@ from lit_classifiers.checkpoint_io import (
     NonFiniteWeightsError,
     stored_model_hparams,
 )
-from lit_classifiers.cli_mistakes import datamodule_classes, find_mistake
+from lit_classifiers.cli_help import SUBCOMMAND_HELP, ConciseHelpFormatter, summary
+from lit_classifiers.cli_mistakes import check_config_files, datamodule_classes, find_mistake
 from lit_classifiers.module import ClassifierModule
 from lit_classifiers.predictions import PredictionCSVWriter
 from lit_classifiers.registry import get_backbone_info, list_backbones
 from lit_classifiers.run_folders import (
-    LIGHTNING_LOG_NAME,
     RUN_VERSION_ENV,
     RunConfigCallback,
-    claim_run_folder,
-    claim_version,
+    assign_run_folder,
     is_launching_process,
     last_checkpoint,
-    logger_args,
-    next_version,
     open_csv_log,
     remove_if_empty,
-    run_name,
     run_root,
-    version_of_checkpoint,
     with_save_dirs,
 )
 
-__all__ = [
-    "RUN_VERSION_ENV",
-    "ClassifierCLI",
-    "claim_run_folder",
-    "cli_main",
-    "main",
-    "next_version",
-]
+__all__ = ["ClassifierCLI", "cli_main", "main"]
 
 PROG = "lit-classifiers"
 DEBUG_ENV = "LIT_CLASSIFIERS_DEBUG"
@@ -100,15 +81,7 @@ OTHER_SUBCOMMANDS = {
     "export": "Export a checkpoint's network as an ONNX, TorchScript or torch.export file.",
     "prepare": "Convert a dataset into litdata chunks for --data StreamingDataModule.",
 }
-_SUBCOMMAND_HELP = {
-    "fit": "Train a model; each run gets its own folder runs/<data>-<backbone>/version_N.",
-    "validate": "Evaluate a checkpoint on the validation split.",
-    "test": "Evaluate a checkpoint on the test split.",
-    "predict": "Classify images (--data.predict_dir) into a CSV file.",
-}
 _TRAINER_DOCS = "https://lightning.ai/docs/pytorch/stable/core-api/trainer"
-#: Option groups whose help is Lightning's: shown as their first sentence.
-_LIGHTNING_GROUPS = ("trainer.", "checkpoint.", "seed_everything", "weights_only")
 
 
 def quiet_known_noise() -> None:
@@ -134,48 +107,6 @@ def _drop_litlogger_tip(record: logging.LogRecord) -> bool:
 
 
 # ---------------------------------------------------------------------------------------- help
-def _rst_to_text(text: str) -> str:
-    """Docstring markup as plain text: ``x``, :class:`~a.B` and :mod:`a.b` become x, B, a.b."""
-    text = re.sub(r":\w+:`~([^`]*)`", lambda m: m.group(1).rsplit(".", 1)[-1], text)
-    text = re.sub(r":\w+:`([^`]*)`", r"\1", text)
-    return re.sub(r"``?([^`]*)``?", r"\1", text)
-
-
-def _first_sentence(text: str) -> str:
-    """The first sentence that says something (Lightning's "Default: ``None``." does not: the
-    default is shown anyway)."""
-    text = re.split(r"\s+\.\. \w+::", text, maxsplit=1)[0]  # .. warning:: / .. note:: blocks
-    sentences = re.split(r"(?<=[a-z0-9)\]}'\"`])[.:]\s+(?=[A-Z`(])", text.strip())
-    for sentence in sentences:
-        if sentence and not re.match(r"(Defaults?( to\b|:)|Example)", sentence):
-            return sentence.rstrip(".:") + "."
-    return text
-
-
-class ConciseHelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
-    """``--help`` a person reads: each Lightning option's first sentence without docstring
-    markup, no lists of every importable subclass (``--X.help NAME`` shows a class's arguments),
-    each option's text on the lines below it; descriptions keep their line breaks."""
-
-    def __init__(
-        self, prog: str, indent_increment: int = 2, max_help_position: int = 6, width: Any = None
-    ) -> None:
-        if " [options] " not in prog:  # the top-level help: a few short options, a table
-            max_help_position = 24
-        super().__init__(prog, indent_increment, max_help_position, width)
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if isinstance(action.help, str):
-            action = copy.copy(action)
-            if not action.option_strings and action.dest in _SUBCOMMAND_HELP:
-                action.help = _SUBCOMMAND_HELP[action.dest]  # not the Trainer's, cut mid-line
-            action.help = " ".join(_rst_to_text(action.help).split())
-            if action.dest.startswith(_LIGHTNING_GROUPS):
-                action.help = _first_sentence(action.help)
-            action.extra_help = str  # type: ignore[attr-defined]  (no "known subclasses: ...")
-        return super()._get_help_string(action)
-
-
 # ---------------------------------------------------------------------------------------- parsing
 class BackboneName(str):
     """A registered backbone's name, the CLI's type of ``--model.backbone``.
@@ -197,10 +128,6 @@ def _backbone_name(value: object) -> str:
 
 
 register_type(BackboneName, str, _backbone_name)
-
-
-def _summary(cls: type) -> str:
-    return _rst_to_text((inspect.getdoc(cls) or "").strip().split("\n\n")[0].replace("\n", " "))
 
 
 class ConciseArgumentParser(LightningArgumentParser):
@@ -289,7 +216,7 @@ class ClassifierCLI(LightningCLI):
             fail_untyped=False,
             required=True,
             help="The datamodule, by name (or class path): "
-            + " ".join(f"{name}: {_summary(cls)}" for name, cls in datamodule_classes().items()),
+            + " ".join(f"{name}: {summary(cls)}" for name, cls in datamodule_classes().items()),
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -400,63 +327,25 @@ class ClassifierCLI(LightningCLI):
 
     # ------------------------------------------------------------------ run folders
     def before_instantiate_classes(self) -> None:
-        """Give the run one folder, ``runs/<data>-<backbone>/version_N``, for all its loggers.
-
-        A ``fit`` claims a new folder atomically (a resumed one continues its run's folder);
-        ``validate``, ``test`` and ``predict`` of a checkpoint in a run's ``checkpoints/`` log
-        into that run's folder, so its TensorBoard run (and HParams trial) holds the fit and
-        the evaluation together. Without a logger, a ``fit`` still gets its folder for the
-        config and the checkpoints, instead of the working directory.
-        """
+        """Give the run its folder, for all its loggers (see :func:`assign_run_folder`)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
-        self._pinned: list[tuple[Namespace, str]] = []  # reset after instantiation
-        loggers = logger_args(config)
-        name = run_name(config)
-        save_dir = (loggers[0].save_dir if loggers else None) or "runs"
-        for args in loggers:
-            if args.save_dir is None:
-                args.save_dir = save_dir
-            if args.name in (None, LIGHTNING_LOG_NAME):
-                args.name = name
-        no_logger = config.trainer.logger is False and config.trainer.default_root_dir is None
-        if not loggers and not no_logger:
-            return
-        root = run_root(config)
-        version = getattr(self, "_run_version", None)
-        if version is None and root is not None and self.subcommand != "fit":
-            version = version_of_checkpoint(config.get("ckpt_path"), root)
-        if loggers:
-            if loggers[0].version is None:
-                if version is None:
-                    version = self._claim(loggers[0])
-                self._pin(loggers[0], "version", version)
-            for args in loggers[1:]:  # the same folder, or the same number elsewhere
-                if args.version is None and isinstance(loggers[0].version, int):
-                    self._pin(args, "version", loggers[0].version)
-        elif root is not None and (version is not None or self.subcommand == "fit"):
-            if version is None:
-                version = self._claim(Namespace(save_dir=str(root.parent), name=root.name))
-            if version is not None:
-                self._pin(config.trainer, "default_root_dir", str(root / f"version_{version}"))
-                self.save_config_kwargs = {**self.save_config_kwargs, "save_without_logger": True}
-
-    def _claim(self, init_args: Namespace) -> int | None:
-        before = os.environ.get(RUN_VERSION_ENV)
-        version = claim_version(init_args)
-        if os.environ.get(RUN_VERSION_ENV) != before and version is not None:  # claimed here
-            self._claimed_folder = Path(init_args.save_dir, init_args.name, f"version_{version}")
-        return version
-
-    def _pin(self, namespace: Namespace, key: str, value: Any) -> None:
-        if value is not None:
-            setattr(namespace, key, value)
-            self._pinned.append((namespace, key))
+        self.run_folder = assign_run_folder(
+            config, self.subcommand, getattr(self, "_run_version", None)
+        )
+        if self.run_folder.claimed is not None:
+            self._claimed_folder = self.run_folder.claimed
+        if self.run_folder.without_logger:
+            self.save_config_kwargs = {
+                **self.save_config_kwargs,
+                "save_without_logger": True,
+            }
 
     def after_instantiate_classes(self) -> None:
         # The saved config.yaml must not pin the folder this run claimed: a run started again
         # from that file would otherwise write into this run's folder.
         super().after_instantiate_classes()
-        for namespace, key in getattr(self, "_pinned", []):
+        run_folder = getattr(self, "run_folder", None)
+        for namespace, key in run_folder.pinned if run_folder else []:
             setattr(namespace, key, None)
         if is_launching_process():
             for logger in self.trainer.loggers:
@@ -488,7 +377,11 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> ClassifierC
             "plugins": [{"class_path": "lit_classifiers.checkpoint_io.SafeCheckpointIO"}],
             "logger": {
                 "class_path": "lit_classifiers.callbacks.ClassifierTensorBoardLogger",
-                "init_args": {"save_dir": "runs", "name": None, "default_hp_metric": False},
+                "init_args": {
+                    "save_dir": "runs",
+                    "name": None,
+                    "default_hp_metric": False,
+                },
             },
             # Outside a terminal: one line per epoch instead of the progress bar.
             **progress_defaults(),
@@ -500,7 +393,7 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> ClassifierC
             + "\n".join(f"    {name:<20}{text}" for name, text in OTHER_SUBCOMMANDS.items()),
             **{
                 name: {"description": text, "usage": f"{PROG} {name} [options]"}
-                for name, text in _SUBCOMMAND_HELP.items()
+                for name, text in SUBCOMMAND_HELP.items()
             },
         },
         args=args,
@@ -532,52 +425,14 @@ def _one_line(message: object) -> str:
 
 
 def _root_cause(error: BaseException) -> BaseException:
-    """The error a datamodule or model raised, not jsonargparse's report that the value
-    "does not validate against any of the Union subtypes", which buries it after the types
-    tried and a dump of every argument."""
-    while error.__cause__ is not None and "Union subtypes" in str(error):
+    """The error a datamodule or model raised, not the report jsonargparse wraps it in, which
+    buries it after the types tried and a dump of every argument."""
+    while error.__cause__ is not None and error.__traceback__ is not None:
+        raised_in = Path(traceback.extract_tb(error.__traceback__)[-1].filename)
+        if "jsonargparse" not in raised_in.parts:
+            break
         error = error.__cause__
     return error
-
-
-def check_config_files(args: Sequence[str]) -> list[dict[str, Any]]:
-    """The ``--config`` files' contents; naming the file when one is missing, empty or not a
-    YAML mapping.
-
-    jsonargparse reports YAML errors with line and column but without the file they are in.
-    """
-    import yaml
-
-    paths = [
-        value.split("=", 1)[1] if "=" in value else (args[i + 1] if i + 1 < len(args) else "")
-        for i, value in enumerate(args)
-        if value in ("-c", "--config") or value.startswith("--config=")
-    ]
-    contents = []
-    for position, path in enumerate(paths):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"config file {path!r} does not exist")
-        base = Path(path).with_name("base.yaml")
-        given_before = {Path(p).resolve() for p in paths[:position]}
-        if Path(path).name != base.name and base.is_file() and base.resolve() not in given_before:
-            # A recipe holds only what its network changes; alone it would train with defaults.
-            raise ValueError(
-                f"config file {path!r} builds on {str(base)!r}: pass --config {base} "
-                f"--config {path}"
-            )
-        try:
-            with open(path, encoding="utf-8") as handle:
-                content = yaml.safe_load(handle)
-        except (yaml.YAMLError, UnicodeDecodeError) as error:
-            raise ValueError(f"config file {path!r} is not valid YAML: {error}") from None
-        if not isinstance(content, dict):
-            what = "empty" if content is None else f"a {type(content).__name__}"
-            raise ValueError(
-                f"config file {path!r} is {what}; expected a YAML mapping such as "
-                "'model: {backbone: resnet18}'"
-            )
-        contents.append(content)
-    return contents
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -586,11 +441,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args[:1] == ["backbones"]:
             return backbones_main(args[1:], prog=f"{PROG} backbones")
         if args[:1] == ["export"]:
-            from lit_classifiers.export import export_main  # only this subcommand needs it
+            from lit_classifiers.export import (
+                export_main,  # only this subcommand needs it
+            )
 
             return export_main(args[1:])
         if args[:1] == ["prepare"]:
-            from datamodules.prepare import prepare_main  # litdata: the [streaming] extra
+            from datamodules.prepare import (
+                prepare_main,  # litdata: the [streaming] extra
+            )
 
             return prepare_main(args[1:])
         cli_main(None if argv is None else args)  # None: LightningCLI reads sys.argv itself

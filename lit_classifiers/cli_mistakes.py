@@ -15,6 +15,7 @@ import math
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule
@@ -228,3 +229,43 @@ def find_mistake(
             "(details: lit-classifiers backbones)"
         )
     return None
+
+
+def check_config_files(args: Sequence[str]) -> list[dict[str, Any]]:
+    """The ``--config`` files' contents; naming the file when one is missing, empty or not a
+    YAML mapping.
+
+    jsonargparse reports YAML errors with line and column but without the file they are in.
+    """
+    import yaml
+
+    paths = [
+        value.split("=", 1)[1] if "=" in value else (args[i + 1] if i + 1 < len(args) else "")
+        for i, value in enumerate(args)
+        if value in ("-c", "--config") or value.startswith("--config=")
+    ]
+    contents = []
+    for position, path in enumerate(paths):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config file {path!r} does not exist")
+        base = Path(path).with_name("base.yaml")
+        given_before = {Path(p).resolve() for p in paths[:position]}
+        if Path(path).name != base.name and base.is_file() and base.resolve() not in given_before:
+            # A recipe holds only what its network changes; alone it would train with defaults.
+            raise ValueError(
+                f"config file {path!r} builds on {str(base)!r}: pass --config {base} "
+                f"--config {path}"
+            )
+        try:
+            with open(path, encoding="utf-8") as handle:
+                content = yaml.safe_load(handle)
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            raise ValueError(f"config file {path!r} is not valid YAML: {error}") from None
+        if not isinstance(content, dict):
+            what = "empty" if content is None else f"a {type(content).__name__}"
+            raise ValueError(
+                f"config file {path!r} is {what}; expected a YAML mapping such as "
+                "'model: {backbone: resnet18}'"
+            )
+        contents.append(content)
+    return contents

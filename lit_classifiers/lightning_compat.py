@@ -50,7 +50,7 @@ PRIVATE_APIS: tuple[PrivateApi, ...] = (
         "--ckpt_path's hyper-parameters read safely (checkpoint_io.stored_model_hparams)",
     ),
     PrivateApi(
-        "lit_classifiers/cli.py",
+        "lit_classifiers/cli_help.py",
         "_get_help_string",
         "argparse:HelpFormatter._get_help_string",
         "each Lightning option's help as its first sentence, without the list of subclasses",

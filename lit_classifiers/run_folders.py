@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -283,3 +284,67 @@ def remove_if_empty(folder: Path) -> None:
             return
         path.rmdir()  # fails, and keeps everything, if something was written meanwhile
     folder.rmdir()
+
+
+@dataclass
+class RunFolder:
+    """What :func:`assign_run_folder` did: the config entries it set (``(namespace, key)``, to
+    unset before the config is saved), the folder it created, and whether the run has no
+    logger but a folder of its own for its config and checkpoints."""
+
+    pinned: list[tuple[Namespace, str]] = field(default_factory=list)
+    claimed: Path | None = None
+    without_logger: bool = False
+
+    def pin(self, namespace: Namespace, key: str, value: Any) -> None:
+        if value is not None:
+            setattr(namespace, key, value)
+            self.pinned.append((namespace, key))
+
+    def claim(self, init_args: Namespace) -> int | None:
+        before = os.environ.get(RUN_VERSION_ENV)
+        version = claim_version(init_args)
+        if os.environ.get(RUN_VERSION_ENV) != before and version is not None:  # claimed here
+            self.claimed = Path(init_args.save_dir, init_args.name, f"version_{version}")
+        return version
+
+
+def assign_run_folder(config: Namespace, subcommand: str | None, version: int | None) -> RunFolder:
+    """Give the run one folder, ``runs/<data>-<backbone>/version_N``, for all its loggers.
+
+    A ``fit`` claims a new folder atomically (one resumed with ``--ckpt_path last`` passes the
+    ``version`` it continues); ``validate``, ``test`` and ``predict`` of a checkpoint in a run's
+    ``checkpoints/`` log into that run's folder, so its TensorBoard run (and HParams trial)
+    holds the fit and the evaluation together. Without a logger, a ``fit`` still gets its
+    folder for the config and the checkpoints, instead of the working directory.
+    """
+    folder = RunFolder()
+    loggers = logger_args(config)
+    name = run_name(config)
+    save_dir = (loggers[0].save_dir if loggers else None) or "runs"
+    for args in loggers:
+        if args.save_dir is None:
+            args.save_dir = save_dir
+        if args.name in (None, LIGHTNING_LOG_NAME):
+            args.name = name
+    no_logger = config.trainer.logger is False and config.trainer.default_root_dir is None
+    if not loggers and not no_logger:
+        return folder
+    root = run_root(config)
+    if version is None and root is not None and subcommand != "fit":
+        version = version_of_checkpoint(config.get("ckpt_path"), root)
+    if loggers:
+        if loggers[0].version is None:
+            if version is None:
+                version = folder.claim(loggers[0])
+            folder.pin(loggers[0], "version", version)
+        for args in loggers[1:]:  # the same folder, or the same number elsewhere
+            if args.version is None and isinstance(loggers[0].version, int):
+                folder.pin(args, "version", loggers[0].version)
+    elif root is not None and (version is not None or subcommand == "fit"):
+        if version is None:
+            version = folder.claim(Namespace(save_dir=str(root.parent), name=root.name))
+        if version is not None:
+            folder.pin(config.trainer, "default_root_dir", str(root / f"version_{version}"))
+            folder.without_logger = True
+    return folder

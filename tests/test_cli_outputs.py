@@ -12,7 +12,7 @@ import pytest
 from helpers.cli import TINY, run_dirs
 from PIL import Image
 
-from lit_classifiers import cli
+from lit_classifiers import cli, run_folders
 
 
 @pytest.fixture()
@@ -116,13 +116,13 @@ def test_ckpt_path_last_takes_the_highest_version_not_the_oldest_or_the_last_by_
 def test_a_run_folder_taken_after_the_listing_is_not_shared(tmp_path: Path) -> None:
     root = tmp_path / "runs" / "digits-resnet20"
     (root / "version_1").mkdir(parents=True)
-    listed = cli.next_version(root)
+    listed = run_folders.next_version(root)
     assert listed == 2
     (root / "version_2").mkdir()  # another run, started at the same time, claims it first
     (root / "version_2" / "config.yaml").write_text("the other run's")
-    assert cli.claim_run_folder(root, listed) == 3
+    assert run_folders.claim_run_folder(root, listed) == 3
     assert sorted(p.name for p in root.iterdir()) == ["version_1", "version_2", "version_3"]
-    assert cli.claim_run_folder(root, listed) == 4  # and once more: never a folder given twice
+    assert run_folders.claim_run_folder(root, listed) == 4  # never a folder given twice
 
 
 @pytest.mark.parametrize(
