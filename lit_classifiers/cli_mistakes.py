@@ -135,7 +135,7 @@ def unknown_option(key: str, defaults: Mapping[str, Any], given: Mapping[str, An
             return f"{option}: {data_class.__name__} has no such argument{hint}"
         return None
     for option_key in CLASS_OPTIONS:
-        if head == f"{option_key}.init_args":
+        if head in (option_key, f"{option_key}.init_args"):
             name = given.get(option_key) or defaults.get(f"{option_key}.class_path")
             cls = _class_of(str(name)) if name else None
             params = _parameters(cls)
@@ -170,8 +170,9 @@ def wrong_value(key: str, value: str) -> str | None:
                 f"--model.backbone {value}"
             )
         return f"--model {value}: no such config file (--model takes a YAML file of its options)"
-    if key in CLASS_OPTIONS and "." not in value and _class_of(value) is None:
-        hint = _close(value, _subclass_names(CLASS_OPTIONS[key]))
+    names = _subclass_names(CLASS_OPTIONS[key]) if key in CLASS_OPTIONS else []
+    if names and "." not in value and value not in names:  # (our own schedulers included)
+        hint = _close(value, names)
         return f"--{key} {value}: no such class{hint} (--{key}.help NAME shows its arguments)"
     if key.rpartition(".")[2] == "lr":
         try:

@@ -43,6 +43,9 @@ def test_options_inside_a_class_are_checked_against_that_class() -> None:
     given = {"model.optimizer": "Adam"}
     assert unknown_option("model.optimizer.init_args.betas", DEFAULTS, given) is None
     assert unknown_option("model.optimizer.init_args.betas", DEFAULTS, {}) is not None
+    assert unknown_option("model.optimizer.lrr", DEFAULTS, {}) == (
+        "--model.optimizer.lrr: SGD has no such argument; did you mean --model.optimizer.lr?"
+    )
     assert unknown_option("data.imagesize", DEFAULTS, {"data": "DigitsDataModule"}) == (
         "--data.imagesize: DigitsDataModule has no such argument; did you mean --data.image_size?"
     )
@@ -59,6 +62,7 @@ def test_wrong_values_are_named_with_what_to_write() -> None:
         "--model.optimizer Adamm: no such class; did you mean Adam"
     )
     assert wrong_value("model.optimizer", "AdamW") is None
+    assert wrong_value("model.lr_scheduler", "CosineAnnealingLR") is None
     for bad in ("nan", "inf", "0", "-0.1", "fast"):
         assert "lr must be a positive finite number" in wrong_value("model.lr", bad), bad
     assert wrong_value("model.lr", "0.05") is None
