@@ -14,6 +14,8 @@ import inspect
 import math
 import os
 import sys
+import types
+import typing
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -184,6 +186,48 @@ def wrong_value(key: str, value: str) -> str | None:
     return None
 
 
+def _number_type(cls: object, name: str) -> tuple[type, bool] | None:
+    """``(int or float, whether None is allowed)`` when ``cls``'s argument ``name`` takes only
+    numbers, from its type hints; ``None`` for anything else."""
+    try:
+        hint = typing.get_type_hints(cls.__init__).get(name)  # type: ignore[misc]
+    except Exception:  # a hint that does not resolve: no verdict
+        return None
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    kinds = set(typing.get_args(hint) if union else (hint,))
+    optional = type(None) in kinds
+    kinds.discard(type(None))
+    if not kinds or not kinds <= {int, float}:
+        return None
+    return (float if float in kinds else int), optional
+
+
+def wrong_number(key: str, value: str, given: Mapping[str, Any]) -> str | None:
+    """What is wrong with the value of a ``--trainer.X``, ``--model.X`` or ``--data.X`` option
+    that takes a number, or ``None``."""
+    from lightning.pytorch import Trainer
+
+    from lit_classifiers.module import ClassifierModule
+
+    head, _, name = key.rpartition(".")
+    owners = {"trainer": Trainer, "model": ClassifierModule}
+    owner = owners.get(head) or (
+        datamodule_classes().get(str(given.get("data"))) if head == "data" else None
+    )
+    found = _number_type(owner, name) if owner is not None else None
+    if found is None:
+        return None
+    kind, optional = found
+    if optional and value in ("null", "None", "none"):
+        return None
+    try:
+        kind(value)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        return f"--{key} {value}: expected {what}{' or null' if optional else ''}"
+    return None
+
+
 def find_mistake(
     args: Sequence[str],
     parsers: Mapping[str, Any],
@@ -205,9 +249,9 @@ def find_mistake(
         return None
     given = dict(command_line_options(args[1:]))
     for key, value in given.items():
-        found = (value is not None and wrong_value(key, value)) or unknown_option(
-            key, defaults, given
-        )
+        found = (
+            value is not None and (wrong_value(key, value) or wrong_number(key, value, given))
+        ) or unknown_option(key, defaults, given)
         if found:
             return found
     for config in configs:

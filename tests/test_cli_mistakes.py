@@ -3,7 +3,12 @@ in-process on hand-made option tables: no parser, no Lightning run."""
 
 from __future__ import annotations
 
-from lit_classifiers.cli_mistakes import command_line_options, unknown_option, wrong_value
+from lit_classifiers.cli_mistakes import (
+    command_line_options,
+    unknown_option,
+    wrong_number,
+    wrong_value,
+)
 
 #: A parser's flattened defaults, as ``parser.get_defaults()`` gives them (a few of them).
 DEFAULTS = {
@@ -66,3 +71,25 @@ def test_wrong_values_are_named_with_what_to_write() -> None:
     for bad in ("nan", "inf", "0", "-0.1", "fast"):
         assert "lr must be a positive finite number" in wrong_value("model.lr", bad), bad
     assert wrong_value("model.lr", "0.05") is None
+
+
+def test_a_number_option_given_text_says_what_it_takes() -> None:
+    # From the classes' type hints: Trainer.max_epochs is Optional[int], val_check_interval
+    # int | float | None, ClassifierModule.label_smoothing a float, image_size an int.
+    assert wrong_number("trainer.max_epochs", "abc", {}) == (
+        "--trainer.max_epochs abc: expected an integer or null"
+    )
+    assert wrong_number("trainer.max_epochs", "2.5", {}) is not None
+    assert wrong_number("trainer.max_epochs", "null", {}) is None
+    assert wrong_number("trainer.val_check_interval", "0.5", {}) is None
+    assert wrong_number("model.label_smoothing", "lots", {}) == (
+        "--model.label_smoothing lots: expected a number"
+    )
+    given = {"data": "DigitsDataModule"}
+    assert wrong_number("data.image_size", "big", given) == (
+        "--data.image_size big: expected an integer"
+    )
+    assert wrong_number("data.image_size", "16", given) is None
+    # Options that take more than numbers are the parser's to judge.
+    assert wrong_number("trainer.devices", "auto", {}) is None
+    assert wrong_number("model.backbone", "resnet18", {}) is None
