@@ -35,9 +35,10 @@ def test_matches_torchvision(name):
     """Same parameter count; torchvision's state_dict loads strictly and gives the same logits."""
     torch.manual_seed(0)
     theirs = torchvision.models.get_model(TORCHVISION[name]).eval()
-    ours = create_backbone(name).eval()
+    with torch.device("meta"):  # shapes only: torchvision's tensors are assigned below
+        ours = create_backbone(name).eval()
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
-    ours.load_state_dict(theirs.state_dict(), strict=True)
+    ours.load_state_dict(theirs.state_dict(), strict=True, assign=True)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert (ours(x) - theirs(x)).abs().max().item() <= 1e-5
@@ -289,7 +290,9 @@ def test_alexnet_lrn_is_the_papers_formula():
         torch.testing.assert_close(lrn(a), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ALL)
+# The deeper VGGs repeat vgg11's layers (their forward is held to torchvision's above): their
+# backward adds nothing but seconds.
+@pytest.mark.parametrize("name", [n for n in ALL if n not in VGGS[2:]])
 def test_forward_backward_at_96_with_10_classes(name):
     model = create_backbone(name, 10)
     x = torch.randn(2, 3, 96, 96)
