@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from helpers.modules import make_trainer
 from lightning.fabric import Fabric
 from lightning.pytorch.callbacks import (
     BackboneFinetuning,
@@ -54,19 +55,9 @@ def resnet20(**kwargs: Any) -> ClassifierModule:
 
 
 def trainer(**kwargs: Any) -> pl.Trainer:
-    defaults: dict[str, Any] = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "max_epochs": 1,
-        "limit_train_batches": 2,
-        "limit_val_batches": 1,
-        "num_sanity_val_steps": 0,
-    }
-    return pl.Trainer(**{**defaults, **kwargs})
+    """``make_trainer`` limited to a few batches: each feature needs only a few steps."""
+    limits = {"limit_train_batches": 2, "limit_val_batches": 1}
+    return make_trainer(**{**limits, **kwargs})
 
 
 def float_loader(n: int = 32, seed: int = 0) -> DataLoader:
