@@ -16,8 +16,15 @@ Both report the same instants, taken by the same clock (``time.time``) in the pr
   happens between the epochs (figures, checkpoints, loader start-up);
 * **wall**: the whole command, process start to exit.
 
+With ``--timm-train PATH`` (timm's ``train.py`` from its repository, run by ``--timm-python``,
+an interpreter that imports ``timm``) the same job also runs through timm's training script,
+the fastest peer the issue measured: its model, loader and transforms, ``--no-prefetcher`` on
+the CPU, no label smoothing or colour jitter (the other two apply neither), a checkpoint per
+epoch as it always writes. Only its wall time is taken: the script is run unchanged.
+
     python benchmarks/end_to_end.py            # about 2-4 minutes on 2 idle cores
     python benchmarks/end_to_end.py --quick    # a smoke run
+    python benchmarks/end_to_end.py --timm-train ../pytorch-image-models/train.py
 """
 
 from __future__ import annotations
@@ -175,6 +182,37 @@ def _plain_command(data: Path, out: Path, args: Any) -> list[str]:
     ]
 
 
+def _timm_command(data: Path, out: Path, args: Any) -> list[str]:
+    """timm's train.py on the same job (flags of timm 1.0.28's script)."""
+    size = str(args.size)
+    return [
+        args.timm_python,
+        args.timm_train,
+        f"--data-dir={data}",
+        "--train-split=train",
+        "--val-split=val",
+        "--model=resnet18",
+        f"--num-classes={args.classes}",
+        "--input-size", "3", size, size,
+        f"--batch-size={args.batch_size}",
+        f"--validation-batch-size={args.batch_size}",
+        "--opt=sgd",
+        "--lr=0.1",
+        "--momentum=0.9",
+        "--weight-decay=1e-4",
+        "--sched=cosine",
+        f"--epochs={args.epochs}",
+        "--warmup-epochs=0",
+        "--cooldown-epochs=0",
+        "--smoothing=0",
+        "--color-jitter=0",
+        "--workers=1",
+        "--no-prefetcher",
+        "--device=cpu",
+        f"--output={out}",
+    ]  # fmt: skip
+
+
 def _run(kind: str, data: Path, scratch: Path, args: Any) -> dict[str, float]:
     """One process; its wall time, start-up and between-epoch times (seconds)."""
     cwd = Path(tempfile.mkdtemp(dir=scratch, prefix=f"{kind}-"))
@@ -185,13 +223,22 @@ def _run(kind: str, data: Path, scratch: Path, args: Any) -> dict[str, float]:
         "PYTHONPATH": os.pathsep.join([str(scratch), os.environ.get("PYTHONPATH", "")]),
         "PYTHONWARNINGS": "ignore",
     }
-    command = _plain_command(data, cwd, args) if kind == "plain" else _fit_command(data, args)
+    command = {
+        "plain": lambda: _plain_command(data, cwd, args),
+        "fit": lambda: _fit_command(data, args),
+        "timm": lambda: _timm_command(data, cwd, args),
+    }[kind]()
     env[START_ENV] = repr(time.time())
     began = time.time()
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     wall = time.time() - began
     if result.returncode != 0:
         raise SystemExit(f"{kind} failed:\n{result.stderr[-3000:]}")
+    if kind == "timm":  # run unchanged: no probe, only its wall time
+        nan = float("nan")
+        lines = len(result.stdout.splitlines()) + len(result.stderr.splitlines())
+        return {"wall_s": wall, "startup_s": nan, "between_epochs_s": nan, "step_s": nan,
+                "stdout_lines": lines}  # fmt: skip
     events = json.loads(probe.read_text())
     step = statistics.median(events["steps"]) if events["steps"] else 0.0
     epochs = events["epochs"]
@@ -218,6 +265,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--classes", type=int, default=6)
     parser.add_argument("--per-class", type=int, default=40, help="training images per class")
+    parser.add_argument("--timm-train", default=None, help="timm's train.py: also run it")
+    parser.add_argument(
+        "--timm-python", default=sys.executable, help="the interpreter that runs --timm-train"
+    )
     args = parser.parse_args()
     if args.plain_worker:
         plain_loop(args)
@@ -243,8 +294,9 @@ def main() -> None:
             f"{repeats} ABBA pair(s)",
             flush=True,
         )
-        runs: dict[str, list[dict[str, float]]] = {"plain": [], "fit": []}
-        for _, kind in alternating(["plain", "fit"], repeats):
+        kinds = ["plain", "fit"] + (["timm"] if args.timm_train else [])
+        runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
+        for _, kind in alternating(kinds, repeats):
             runs[kind].append(_run(kind, data, scratch, args))
             last = runs[kind][-1]
             print(
@@ -256,16 +308,24 @@ def main() -> None:
     ratios = [f["wall_s"] / p["wall_s"] for p, f in zip(runs["plain"], runs["fit"], strict=True)]
     keys = ("wall_s", "startup_s", "between_epochs_s", "step_s")
     summary = {kind: {k: summarize([r[k] for r in rs]) for k in keys} for kind, rs in runs.items()}
+    titles = {"plain": "plain loop (floor)", "fit": "lit-classifiers fit", "timm": "timm train.py"}
     rows = [
-        [label, fmt(summary["plain"][k], " s", 2), fmt(summary["fit"][k], " s", 2)]
+        [label, *(fmt(summary[kind][k], " s", 2) for kind in kinds)]
         for label, k in zip(
             ("wall", "start-up", "between epochs", "training step"), keys, strict=True
         )
     ]
     print()
-    print(table(rows, ["median [min..max]", "plain loop (floor)", "lit-classifiers fit"]))
+    print(table(rows, ["median [min..max]", *(titles[kind] for kind in kinds)]))
     ratio = summarize(ratios)
     print(f"\nfit / plain wall time: {fmt(ratio, 'x', 2)} (per ABBA pair)")
+    peer_ratio = None
+    if args.timm_train:
+        timm_ratios = [
+            f["wall_s"] / t["wall_s"] for t, f in zip(runs["timm"], runs["fit"], strict=True)
+        ]
+        peer_ratio = summarize(timm_ratios)
+        print(f"fit / timm wall time: {fmt(peer_ratio, 'x', 2)} (per round)")
     load = loadavg()
     print(f"# load average at end: {load}; above the CPU count the figures measured contention")
     emit(
@@ -273,8 +333,8 @@ def main() -> None:
         info,
         {
             "ratio_wall": ratio,
-            "plain": summary["plain"],
-            "fit": summary["fit"],
+            "ratio_wall_timm": peer_ratio,
+            **summary,
             "runs": runs,
             "job": {
                 k: getattr(args, k)

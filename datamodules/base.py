@@ -176,11 +176,12 @@ class ImageClassificationDataModule(LightningDataModule):
         num_workers: DataLoader worker processes; ``None`` picks :func:`default_num_workers`
             (datamodules whose data already sits in memory may pick 0).
         pin_memory: Pin host memory for faster host-to-GPU copies; ignored without a GPU.
-        persistent_workers: Keep workers alive between epochs; ignored when ``num_workers=0``.
-            Off by default: persistent workers are never re-seeded, so their augmentation
-            streams carry over from epoch to epoch and a run resumed from a checkpoint would
-            no longer be bitwise identical to an uninterrupted one. Restarting the workers
-            costs about a second per epoch.
+        persistent_workers: Keep the training loader's workers alive between epochs; ignored
+            when ``num_workers=0``. Off by default: persistent workers are never re-seeded, so
+            their augmentation streams carry over from epoch to epoch and a run resumed from a
+            checkpoint would no longer be bitwise identical to an uninterrupted one. The
+            validation loader, which draws no random numbers, always keeps its workers (as
+            timm's loaders do): the sanity check's workers serve every validation epoch.
         seed: Seed of every random split, so all DDP ranks agree on the splits.
         predict_dir: A folder whose images (found recursively, sorted) ``predict_dataloader``
             yields as ``(images, paths)`` with the evaluation transform.
@@ -369,14 +370,16 @@ class ImageClassificationDataModule(LightningDataModule):
         paths: bool = False,
         batch_size: int | None = None,
         collate_fn: Callable[[list[Any]], Any] | None = None,
+        persistent: bool | None = None,
     ) -> DataLoader:
+        persistent = self.persistent_workers if persistent is None else persistent
         return DataLoader(
             dataset,
             batch_size=self.batch_size if batch_size is None else batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
             pin_memory=self.uses_pin_memory,
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            persistent_workers=persistent and self.num_workers > 0,
             collate_fn=self._collate(paths) if collate_fn is None else collate_fn,
             drop_last=False,
         )
@@ -385,19 +388,23 @@ class ImageClassificationDataModule(LightningDataModule):
         return self._loader(self._dataset("train"), shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self._dataset("val"))
+        return self._eval_loader(self._dataset("val"), persistent=True)
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self._dataset("test"))
 
-    def _eval_loader(self, dataset: Dataset, paths: bool = False) -> DataLoader:
+    def _eval_loader(
+        self, dataset: Dataset, paths: bool = False, persistent: bool = False
+    ) -> DataLoader:
         """An evaluation loader yielding the views of each image that ``eval_protocol`` asks
         for (see :mod:`datamodules.eval_views`)."""
         views = eval_views(self.eval_protocol, self.image_size)
         mode = "RGB" if self.in_channels == 3 else "L"
         dataset = with_views(dataset, views, self.image_size, self.eval_resize_size, mode)
         batch_size = eval_batch_size(views, self.batch_size)
-        return self._loader(dataset, shuffle=False, paths=paths, batch_size=batch_size)
+        return self._loader(
+            dataset, shuffle=False, paths=paths, batch_size=batch_size, persistent=persistent
+        )
 
     def predict_transform(self) -> Callable[[str], Tensor]:
         """The evaluation transform, applied to an arbitrary image file."""

@@ -833,9 +833,12 @@ class StreamingDataModule(ImageClassificationDataModule):
         )
 
     # ------------------------------------------------------------------ loaders
-    def _eval_loader(self, dataset: Dataset, paths: bool = False) -> DataLoader:
+    def _eval_loader(
+        self, dataset: Dataset, paths: bool = False, persistent: bool = False
+    ) -> DataLoader:
+        # litdata's loader keeps its own worker and epoch state: persistent_workers as given.
         if not isinstance(dataset, _litdata_class("StreamingImageDataset")):  # predict_dir
-            return super()._eval_loader(dataset, paths)
+            return super()._eval_loader(dataset, paths, persistent)
         views = eval_views(self.eval_protocol, self.image_size)
         mode = "RGB" if self.in_channels == 3 else "L"
         transform = views_transform(views, self.image_size, self.eval_resize_size, mode)

@@ -24,11 +24,13 @@ from lit_classifiers.checkpoint_io import (
     SafeCheckpointIO,
     UnsafeCheckpointError,
     check_checkpoint_hparams,
+    first_non_finite,
     read_checkpoint,
 )
 from lit_classifiers.module import ClassifierModule
 
 inf = float("inf")
+nan = float("nan")
 
 
 class _CreatesFile:
@@ -373,6 +375,21 @@ def test_non_finite_weights_are_never_saved(tmp_path: Path) -> None:
     assert torch.equal(torch.load(target, weights_only=True)["state_dict"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
     assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def test_first_non_finite_names_the_first_bad_tensor_and_passes_an_overflowing_sum() -> None:
+    tensors = [
+        ("big", torch.full((10,), 6e4, dtype=torch.float16)),  # finite; its fp16 sum is inf
+        ("ok", torch.ones(3, dtype=torch.bfloat16)),
+        ("steps", torch.tensor(7)),  # integers are never non-finite
+        ("nan", torch.tensor([1.0, nan, nan])),
+        ("inf", torch.tensor([-inf, 1.0])),
+        ("c", torch.tensor([1 + 1j, complex(0, inf)])),
+    ]
+    assert first_non_finite(tensors[:3]) is None
+    assert first_non_finite(tensors) == ("nan", "2 NaN of 3 values")
+    assert first_non_finite(tensors[4:]) == ("inf", "1 inf of 2 values")
+    assert first_non_finite(tensors[5:]) == ("c", "1 inf of 2 values")
 
 
 def _umask() -> int:

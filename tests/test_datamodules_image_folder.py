@@ -48,6 +48,22 @@ def test_train_val_test_folders(tmp_path: Path) -> None:
     assert images.shape == (6, 3, 32, 32)
 
 
+def test_only_the_validation_loader_keeps_its_workers_by_default(tmp_path: Path) -> None:
+    # Training workers are re-seeded each epoch (bitwise resume); validation draws no random
+    # numbers, so its workers serve the sanity check and every validation epoch.
+    make_tree(tmp_path, {"train": 2, "val": 1, "test": 1})
+    dm = make_dm(tmp_path, num_workers=1)
+    dm.setup()
+    persistent = [dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()]
+    assert [loader.persistent_workers for loader in persistent] == [False, True, False]
+    dm = make_dm(tmp_path, num_workers=1, persistent_workers=True)
+    dm.setup()
+    assert dm.train_dataloader().persistent_workers and dm.val_dataloader().persistent_workers
+    dm = make_dm(tmp_path, num_workers=0)  # torch refuses persistent workers without workers
+    dm.setup()
+    assert not dm.val_dataloader().persistent_workers
+
+
 def test_without_val_a_seeded_stratified_split(tmp_path: Path) -> None:
     make_tree(tmp_path, {"train": 4})
     a, b = make_dm(tmp_path, val_split=3, seed=1), make_dm(tmp_path, val_split=3, seed=1)
