@@ -9,6 +9,11 @@ On the same JPEG files (real photographs cut to ImageNet's typical 500x375, see 
 * datamodule: ``ImageNetDataModule(...).train_dataset`` and its loader's collate: decode-crop-
   resize to uint8 in the worker, torchvision's decoder where it is faster (``datamodules.
   decoding``), normalisation later, in the training step;
+* timm (only where ``timm`` imports): ``ImageFolder`` + timm's training transform
+  (``timm.data.create_transform(size, is_training=True, color_jitter=None)``: its
+  ``RandomResizedCropAndInterpolation``, flip, ``ToTensor``, ``Normalize``; the colour jitter
+  its default adds is left out, as the reference has none), default collate: the loader
+  timm's ``create_loader`` builds without its CUDA prefetcher;
 * reference-bytes / datamodule-bytes: the same two from the files' bytes held in memory. This
   stands in for the streaming path (a StreamingDataModule decodes tar-member bytes; reading the
   shards is not included) and uses the datamodule's own ``train_transform`` on the bytes.
@@ -29,11 +34,13 @@ normalised tensors with the reference, in grey levels. It is a gate: the mean mu
 script says FAILED and exits with status 1.
 
     python benchmarks/imagenet_pipeline.py             # 640 images, 5 repeats
+    PEER_PYTHON benchmarks/imagenet_pipeline.py        # an interpreter with timm: + timm
     python benchmarks/imagenet_pipeline.py --quick
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
 import math
@@ -70,8 +77,9 @@ from datamodules.decoding import decoder_for, resize_uint8
 from datamodules.imagenet import IMAGENET_MEAN, IMAGENET_STD, ImageNetDataModule
 from datamodules.transforms import RandomResizedCropDecode, decode_encoded
 
-PIPELINES = ["reference", "pil-path", "datamodule", "reference-bytes", "datamodule-bytes"]
-LOADER_PIPELINES = ["reference", "pil-path", "datamodule"]
+PEERS = ["timm"] if importlib.util.find_spec("timm") is not None else []
+PIPELINES = ["reference", *PEERS, "pil-path", "datamodule", "reference-bytes", "datamodule-bytes"]
+LOADER_PIPELINES = ["reference", *PEERS, "pil-path", "datamodule"]
 # ours -> the reference it is compared with
 BASELINE = {
     "pil-path": "reference",
@@ -140,7 +148,17 @@ def build(data_dir: Path, size: int, batch: int) -> dict[str, Any]:
     def ours_decode(data: bytes, name: str) -> torch.Tensor:
         return transform(data, name=name)
 
+    peers = {}
+    if "timm" in PEERS:
+        from timm.data import create_transform
+
+        timm_transform = create_transform(size, is_training=True, color_jitter=None)
+        peers["timm"] = (
+            datasets.ImageFolder(str(data_dir / "train"), timm_transform),
+            default_collate,
+        )
     return {
+        **peers,
         "reference": (reference, default_collate),
         "pil-path": (pil, collate),
         "datamodule": (ours, collate),
@@ -468,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu_norm = gpu.get("normalize_us_per_image") if gpu["measured"] else None
     ratio_gpu = {p: us[BASELINE[p]] / us[p] for p in BASELINE} if gpu["measured"] else None
 
+    ratio_peer = {peer: us[peer] / (us["datamodule"] + norm_cpu_us) for peer in PEERS}
     rows = []
     for p in PIPELINES:
         base = BASELINE.get(p)
@@ -477,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
                 fmt(summaries[p], "img/s"),
                 f"{median_share[p]:.2f} ({min_share[p]:.2f})",
                 f"{us[p]:.0f}",
-                f"{ratio_uint8[p]:.2f}x vs {base}" if base else "1.00x",
+                f"{ratio_uint8[p]:.2f}x vs {base}" if base else "1.00x" if p == "reference" else "",
                 f"{ratio_cpu[p]:.2f}x" if base else "",
             ]
         )
@@ -549,6 +568,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("\nWhere a worker's time goes (median us per image, same files and crop boxes):")
     print(table([[name, f"{v:.0f}"] for name, v in stages], ["stage", "us/image (or %)"]))
+    for peer, ratio in ratio_peer.items():
+        verdict = "ahead" if ratio > 1 else "BEHIND"
+        print(
+            f"\ndatamodule vs {peer} per worker, normalisation counted in a CPU step: "
+            f"{ratio:.2f}x ({verdict})"
+        )
     folders, streaming = ratio_cpu["datamodule"], ratio_cpu["datamodule-bytes"]
     print(
         f"\ngoal >= {GOAL:.1f}x the reference per worker, normalisation counted in a CPU step: "
@@ -581,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cpu_training_normalisation_counted": ratio_cpu,
                 "gpu_normalisation_on_device": ratio_gpu,
             },
+            "ratio_vs_peers_cpu_training": ratio_peer,
             "dataloader_ips": {
                 w: {p: summarize(v) for p, v in vals.items()} for w, vals in loader.items()
             },
