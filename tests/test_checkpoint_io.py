@@ -311,6 +311,8 @@ print(json.dumps({"results": results, "imported_this": "this" in sys.modules}))
 """
 
 
+# slow: a fresh interpreter: what it imported is the point
+@pytest.mark.slow
 def test_dangerous_hparams_are_refused_before_any_import(tmp_path: Path) -> None:
     good = _fit_registered(tmp_path, "resnet20", NUM_CLASSES)
     checkpoint = torch.load(good, weights_only=True)

@@ -196,6 +196,8 @@ def test_logger_false_twice_in_one_directory_leaves_it_clean(tmp_path: Path) -> 
         assert re.search(r"^  default_root_dir: null$", config, re.MULTILINE), config
 
 
+# slow: a real process, whose import-time warnings are the point
+@pytest.mark.slow
 def test_a_normal_run_prints_no_advertisement_nor_deprecation_noise(tmp_path: Path) -> None:
     # A real process: the warnings of its imports are part of what a user would see.
     env = cli_env(PYTHONWARNINGS="default")  # as a user's shell has it: warnings shown

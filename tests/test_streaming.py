@@ -524,6 +524,8 @@ def test_prepare_refuses_to_write_into_the_data(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# slow: a fresh interpreter: what it imported is the point
+@pytest.mark.slow
 def test_importing_the_datamodules_does_not_import_litdata() -> None:
     """litdata is an extra: ``import datamodules`` (every CLI start) neither needs nor loads it."""
     code = "import sys, datamodules; print('litdata' in sys.modules)"
