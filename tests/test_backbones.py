@@ -311,7 +311,15 @@ def test_alexnet_lrn_is_the_papers_formula():
 
 # The deeper VGGs repeat vgg11's layers (their forward is held to torchvision's above): their
 # backward adds nothing but seconds.
-@pytest.mark.parametrize("name", unless_deep([n for n in ALL if n not in VGGS[2:]]))
+# vgg11_bn (slow): vgg11's backward through BatchNorm, which the ResNets hold in the fast tier.
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n in DEEP | {"vgg11_bn"} else n
+        for n in ALL
+        if n not in VGGS[2:]
+    ],
+)
 def test_forward_backward_at_96_with_10_classes(name):
     model = create_backbone(name, 10)
     x = torch.randn(2, 3, 96, 96)

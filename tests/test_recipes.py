@@ -456,6 +456,9 @@ def readme_protocol_rows() -> list[tuple[str, str, list[str], bool]]:
     return rows
 
 
+# slow: the README's tables, one print_config (~0.5 s) or two a row; the recipes themselves
+# are printed and built in the fast tier
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("recipe", "flags", "set_by_recipe"),
     [row[1:] for row in readme_protocol_rows()],
@@ -576,6 +579,8 @@ def test_readme_names_both_files_of_every_recipe_it_runs():
                 assert configs[: configs.index(recipe)][-1:] == chain(recipe)[:-1], args
 
 
+# slow: the README's commands as written, two print_configs each
+@pytest.mark.slow
 @pytest.mark.parametrize("args", readme_recipe_commands(), ids=" ".join)
 def test_readme_recipe_command_parses(args, monkeypatch):
     monkeypatch.chdir(REPO)
