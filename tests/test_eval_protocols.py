@@ -392,7 +392,7 @@ def _ddp_test_main(data: str, state_path: str, out_dir: str) -> None:
 def test_cli_test_with_dense_protocol(fitted_run: Path, tmp_path: Path) -> None:
     checkpoint = tmp_path / "fitted.ckpt"  # a copy: the shared run folder stays as it is
     shutil.copy(fitted_run / "runs/digits-resnet20/version_0/checkpoints/last.ckpt", checkpoint)
-    images = 40  # dense batches hold one image each
+    images = 16  # dense batches hold one image each
     run_cli(
         "test",
         *TINY,
