@@ -263,9 +263,12 @@ def test_bare_weights_file_is_named_as_such(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ hparams
-def test_hparams_a_cli_run_stores_pass_and_dangerous_ones_are_named() -> None:
+def test_hparams_a_cli_run_stores_pass_and_dangerous_ones_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lit_classifiers.cli import cli_main
 
+    monkeypatch.chdir(tmp_path)  # the CLI claims runs/<name>/version_N in the working directory
     cli = cli_main(
         [
             "--model.backbone=resnet20",
