@@ -19,6 +19,25 @@ CIFAR_RESNETS = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
 VGGS = ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]
 # Ours -> torchvision's model of the same architecture.
 TORCHVISION = {"alexnet_owt": "alexnet", **{n: n for n in IMAGENET_RESNETS + VGGS}}
+# Building one of these takes seconds (VGG's 25088x4096 fc6 alone holds 103M weights to draw):
+# their checks run in the slow tier; vgg11, vgg11_bn and resnet18-101 hold the same blocks in
+# the fast one.
+DEEP = {*VGGS[2:], "resnet152"}
+
+
+def meta_backbone(name: str, *args, **kwargs) -> nn.Module:
+    """The backbone built on the meta device: its modules, shapes and parameter counts, and a
+    forward that propagates shapes and runs every input check, without drawing any weight."""
+    with torch.device("meta"):
+        return create_backbone(name, *args, **kwargs)
+
+
+def meta_images(*shape: int) -> torch.Tensor:
+    return torch.empty(*shape, device="meta")
+
+
+def unless_deep(names: list[str]) -> list:
+    return [pytest.param(n, marks=pytest.mark.slow) if n in DEEP else n for n in names]
 
 
 def test_every_family_is_registered():
@@ -30,7 +49,7 @@ def test_every_family_is_registered():
     }
 
 
-@pytest.mark.parametrize("name", list(TORCHVISION))
+@pytest.mark.parametrize("name", unless_deep(list(TORCHVISION)))
 def test_matches_torchvision(name):
     """Same parameter count; torchvision's state_dict loads strictly and gives the same logits."""
     torch.manual_seed(0)
@@ -55,7 +74,7 @@ def test_alexnet_2012_parameter_count():
     expected = sum(out * inp * k * k + out for out, inp, k in ALEXNET_2012_CONVS)
     expected += sum(out * inp + out for out, inp in ALEXNET_2012_FCS)
     assert expected == 62_378_344
-    model = create_backbone("alexnet")
+    model = meta_backbone("alexnet")
     assert sum(p.numel() for p in model.parameters()) == expected
     assert get_backbone_info("alexnet").num_params == expected
 
@@ -178,7 +197,7 @@ def _kinds(layers: nn.Sequential) -> list[str]:
 
 
 def test_alexnet_2012_layer_order_is_the_papers():
-    model = create_backbone("alexnet")
+    model = meta_backbone("alexnet")
     assert _kinds(model.features) == ALEXNET_2012_FEATURES
     convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
     assert [(c.out_channels, c.in_channels, c.kernel_size[0]) for c in convs] == (
@@ -195,13 +214,13 @@ def test_alexnet_2012_layer_order_is_the_papers():
     ]
     assert [m.p for m in model.classifier if isinstance(m, nn.Dropout)] == [0.5, 0.5]
     # 227x227 gives the paper's 6x6x256 = 9216 features before the head.
-    assert model.features(torch.randn(1, 3, 227, 227)).shape == (1, 256, 6, 6)
+    assert model.features(meta_images(1, 3, 227, 227)).shape == (1, 256, 6, 6)
 
 
 def test_alexnet_2012_dropout_follows_fc6_and_fc7():
-    assert _kinds(create_backbone("alexnet").classifier) == ALEXNET_2012_HEAD
+    assert _kinds(meta_backbone("alexnet").classifier) == ALEXNET_2012_HEAD
     # torchvision's order, dropout before fc6 and fc7, stays torchvision's.
-    assert _kinds(create_backbone("alexnet_owt").classifier) == [
+    assert _kinds(meta_backbone("alexnet_owt").classifier) == [
         "dropout",
         "fc",
         "relu",
@@ -243,9 +262,9 @@ def test_alexnet_2012_dropout_drops_the_outputs_of_fc6_and_fc7_in_training():
 def test_alexnet_2012_state_dict_keys_did_not_move_with_the_dropout():
     """Checkpoints written while dropout sat before fc6 and fc7 still load: the linear layers
     keep torchvision's positions, the same keys as ``alexnet_owt``'s head."""
-    keys = [k for k in create_backbone("alexnet").state_dict() if k.startswith("classifier.")]
+    keys = [k for k in meta_backbone("alexnet").state_dict() if k.startswith("classifier.")]
     assert keys == [
-        k for k in create_backbone("alexnet_owt").state_dict() if k.startswith("classifier.")
+        k for k in meta_backbone("alexnet_owt").state_dict() if k.startswith("classifier.")
     ]
     assert keys == [f"classifier.{i}.{p}" for i in (1, 4, 6) for p in ("weight", "bias")]
     assert get_backbone_info("alexnet").classifier == "classifier.6"
@@ -275,7 +294,7 @@ def _papers_lrn(a: torch.Tensor) -> torch.Tensor:
 
 
 def test_alexnet_lrn_is_the_papers_formula():
-    lrns = [m for m in create_backbone("alexnet").features if isinstance(m, nn.LocalResponseNorm)]
+    lrns = [m for m in meta_backbone("alexnet").features if isinstance(m, nn.LocalResponseNorm)]
     torch.manual_seed(0)
     # ReLU outputs at the scale where k and the sum both matter (alpha * sum of a^2 is about
     # k at a ~ 60), and a channel of zeros whose neighbours still normalise each other.
@@ -292,7 +311,15 @@ def test_alexnet_lrn_is_the_papers_formula():
 
 # The deeper VGGs repeat vgg11's layers (their forward is held to torchvision's above): their
 # backward adds nothing but seconds.
-@pytest.mark.parametrize("name", [n for n in ALL if n not in VGGS[2:]])
+# vgg11_bn (slow): vgg11's backward through BatchNorm, which the ResNets hold in the fast tier.
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n in DEEP | {"vgg11_bn"} else n
+        for n in ALL
+        if n not in VGGS[2:]
+    ],
+)
 def test_forward_backward_at_96_with_10_classes(name):
     model = create_backbone(name, 10)
     x = torch.randn(2, 3, 96, 96)
@@ -307,21 +334,21 @@ FAMILY_REPRESENTATIVES = ["alexnet", "alexnet_owt", "vgg11_bn", "resnet18", "res
 
 @pytest.mark.parametrize("name", FAMILY_REPRESENTATIVES)
 def test_minimum_size_works_and_below_is_a_clear_error(name):
-    model = create_backbone(name, 10).eval()
+    model = meta_backbone(name, 10).eval()
     size = get_backbone_info(name).min_input_size
     assert size == model.min_input_size
-    assert model(torch.randn(1, 3, size, size)).shape == (1, 10)
+    assert model(meta_images(1, 3, size, size)).shape == (1, 10)
     with pytest.raises(ValueError, match=rf"{name} needs inputs of at least {size}x{size}.*got"):
-        model(torch.randn(1, 3, size - 1, size + 5))
+        model(meta_images(1, 3, size - 1, size + 5))
 
 
 @pytest.mark.parametrize("name", ["alexnet", "alexnet_owt", "vgg11"])
 def test_minimum_size_is_tight(name):
     """For AlexNet and VGG the pools make the minimum a hard limit of the network itself."""
-    model = create_backbone(name, 10).eval()
+    model = meta_backbone(name, 10).eval()  # the meta kernels check their shapes as the real do
     size = model.min_input_size
-    with pytest.raises(RuntimeError):
-        model.forward_head(model.forward_features(torch.randn(1, 3, size - 1, size - 1)))
+    with pytest.raises(RuntimeError, match="Output size is too small"):
+        model.forward_head(model.forward_features(meta_images(1, 3, size - 1, size - 1)))
 
 
 def test_vgg_keeps_samples_apart_at_any_size():
@@ -337,12 +364,12 @@ def test_vgg_keeps_samples_apart_at_any_size():
 
 @pytest.mark.parametrize("name", FAMILY_REPRESENTATIVES)
 def test_other_input_channels(name):
-    model = create_backbone(name, 5, in_channels=1)
-    assert model(torch.randn(2, 1, 96, 96)).shape == (2, 5)
+    model = meta_backbone(name, 5, in_channels=1)
+    assert model(meta_images(2, 1, 96, 96)).shape == (2, 5)
     with pytest.raises(ValueError, match="in_channels=1.*3 channels"):
-        model(torch.randn(2, 3, 96, 96))
-    model4 = create_backbone(name, 5, in_channels=4)
-    assert model4(torch.randn(2, 4, 96, 96)).shape == (2, 5)
+        model(meta_images(2, 3, 96, 96))
+    model4 = meta_backbone(name, 5, in_channels=4)
+    assert model4(meta_images(2, 4, 96, 96)).shape == (2, 5)
 
 
 @pytest.mark.parametrize("name", FAMILY_REPRESENTATIVES)
@@ -359,9 +386,9 @@ def test_features_and_classifier_api(name):
 
 def test_dropout_option_reaches_the_head():
     assert [
-        m.p for m in create_backbone("vgg16", dropout=0.2).modules() if isinstance(m, nn.Dropout)
+        m.p for m in meta_backbone("vgg16", dropout=0.2).modules() if isinstance(m, nn.Dropout)
     ] == [0.2, 0.2]
-    assert create_backbone("resnet18", dropout=0.3).head_drop.p == 0.3
+    assert meta_backbone("resnet18", dropout=0.3).head_drop.p == 0.3
     model = create_backbone("resnet20", 10, dropout=0.5).train()
     x = torch.randn(4, 3, 32, 32)
     assert not torch.equal(model.forward_head(model.forward_features(x)), model.eval()(x))
@@ -378,9 +405,9 @@ def test_zero_init_residual_starts_blocks_as_identity(name):
 
 def test_bottleneck_is_v1_5():
     """The stride of a downsampling bottleneck sits on its 3x3 convolution."""
-    block = create_backbone("resnet50").layer2[0]
+    block = meta_backbone("resnet50").layer2[0]
     assert block.conv1.stride == (1, 1) and block.conv2.stride == (2, 2)
 
 
 def test_alexnet_is_an_alexnet():
-    assert isinstance(create_backbone("alexnet"), AlexNet)
+    assert isinstance(meta_backbone("alexnet"), AlexNet)

@@ -265,9 +265,12 @@ def test_bare_weights_file_is_named_as_such(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ hparams
-def test_hparams_a_cli_run_stores_pass_and_dangerous_ones_are_named() -> None:
+def test_hparams_a_cli_run_stores_pass_and_dangerous_ones_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lit_classifiers.cli import cli_main
 
+    monkeypatch.chdir(tmp_path)  # the CLI claims runs/<name>/version_N in the working directory
     cli = cli_main(
         [
             "--model.backbone=resnet20",
@@ -313,6 +316,8 @@ print(json.dumps({"results": results, "imported_this": "this" in sys.modules}))
 """
 
 
+# slow: a fresh interpreter: what it imported is the point
+@pytest.mark.slow
 def test_dangerous_hparams_are_refused_before_any_import(tmp_path: Path) -> None:
     good = _fit_registered(tmp_path, "resnet20", NUM_CLASSES)
     checkpoint = torch.load(good, weights_only=True)

@@ -283,9 +283,12 @@ def test_lightnings_legacy_hparams_keys_are_vetted_and_import_nothing(
 
 
 # ------------------------------------------------------------------------------------------ CLI
-def test_the_cli_trainer_reads_and_writes_checkpoints_through_safe_checkpoint_io() -> None:
+def test_the_cli_trainer_reads_and_writes_checkpoints_through_safe_checkpoint_io(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lit_classifiers.cli import cli_main
 
+    monkeypatch.chdir(tmp_path)  # the CLI claims runs/<name>/version_N in the working directory
     args = ["--model.backbone=resnet20", "--data=DigitsDataModule", "--data.image_size=8"]
     cli = cli_main(args, run=False)
     assert type(cli.trainer.strategy.checkpoint_io) is SafeCheckpointIO

@@ -129,28 +129,37 @@ def test_python_m_runs_the_command(tmp_path, monkeypatch, capsys):
     assert row.split()[0] == "resnet20"
 
 
-def test_print_config_round_trips_and_lists_every_option(tmp_path):
+def _printed_configs(tmp_path: Path) -> tuple[str, str]:
+    """What ``fit --print_config`` prints for the digits recipe and with no config at all."""
     recipe = ["fit", "--config", CONFIGS / "digits" / "resnet20.yaml", "--print_config"]
     first, bare = run_each(
         [Case(recipe, tmp_path), Case(["fit", "--print_config"], tmp_path)], tmp_path / "io"
     )
     assert first.returncode == 0 and bare.returncode == 0, first.stderr + bare.stderr
-    (tmp_path / "printed.yaml").write_text(first.stdout)
+    return first.stdout, bare.stdout
+
+
+def test_print_config_lists_every_option(tmp_path):
+    first, bare = _printed_configs(tmp_path)
+    assert "backbone: resnet20" in first and "class_path: datamodules.DigitsDataModule" in first
+    for key in ("model:", "backbone:", "data:", "checkpoint:", "monitor: val/acc1"):
+        assert key in bare
+    assert "class_path: lit_classifiers.callbacks.ClassifierTensorBoardLogger" in bare
+    # The module logs the rate itself; Lightning's LearningRateMonitor would log each scheduler
+    # (warm-up included) as a second set of curves.
+    assert "lr_monitor" not in bare and "LearningRateMonitor" not in bare
+
+
+# slow: the console script as a real process
+@pytest.mark.slow
+def test_print_config_round_trips_through_the_console_script(tmp_path):
+    first, _ = _printed_configs(tmp_path)
+    (tmp_path / "printed.yaml").write_text(first)
     # The console script itself, as a real process, once in the suite.
     second = run(
         SCRIPT, "fit", "--config", tmp_path / "printed.yaml", "--print_config", cwd=tmp_path
     )
-    assert first.stdout == second.stdout
-    assert (
-        "backbone: resnet20" in first.stdout
-        and "class_path: datamodules.DigitsDataModule" in first.stdout
-    )
-    for key in ("model:", "backbone:", "data:", "checkpoint:", "monitor: val/acc1"):
-        assert key in bare.stdout
-    assert "class_path: lit_classifiers.callbacks.ClassifierTensorBoardLogger" in bare.stdout
-    # The module logs the rate itself; Lightning's LearningRateMonitor would log each scheduler
-    # (warm-up included) as a second set of curves.
-    assert "lr_monitor" not in bare.stdout and "LearningRateMonitor" not in bare.stdout
+    assert first == second.stdout
 
 
 def test_readme_stl10_example_runs_as_written(tmp_path):

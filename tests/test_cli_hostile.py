@@ -49,6 +49,8 @@ def edited_checkpoint(source: Path, target: Path, **hparams: object) -> Path:
     return target
 
 
+# slow: eight commands, each subcommand twice; the other hostile-checkpoint tests here stay fast
+@pytest.mark.slow
 def test_checkpoint_url_never_runs_code_in_any_subcommand(
     good_checkpoint: Path, served: tuple[Path, str], tmp_path: Path
 ) -> None:
@@ -133,6 +135,8 @@ def test_two_fits_started_at_once_get_their_own_run_folders(tmp_path: Path) -> N
         assert len(list((folder / "checkpoints").glob("epoch*.ckpt"))) == 1
 
 
+# slow: three CLI runs, two of them fits; test_cli_outputs.py resolves `last` in the fast tier
+@pytest.mark.slow
 def test_ckpt_path_last_resumes_the_latest_run_in_its_own_folder(tmp_path: Path) -> None:
     missing, _ = run_each(
         [

@@ -196,6 +196,8 @@ def test_logger_false_twice_in_one_directory_leaves_it_clean(tmp_path: Path) -> 
         assert re.search(r"^  default_root_dir: null$", config, re.MULTILINE), config
 
 
+# slow: a real process, whose import-time warnings are the point
+@pytest.mark.slow
 def test_a_normal_run_prints_no_advertisement_nor_deprecation_noise(tmp_path: Path) -> None:
     # A real process: the warnings of its imports are part of what a user would see.
     env = cli_env(PYTHONWARNINGS="default")  # as a user's shell has it: warnings shown
@@ -206,6 +208,8 @@ def test_a_normal_run_prints_no_advertisement_nor_deprecation_noise(tmp_path: Pa
     assert "LeafSpec" not in output
 
 
+# slow: a test and two predicts through the CLI
+@pytest.mark.slow
 def test_test_and_predict_of_a_runs_checkpoint_stay_in_its_folder(fitted_run, tmp_path):
     shutil.copytree(fitted_run / "runs", tmp_path / "runs")  # the shared run stays as it is
     (fit_dir,) = run_dirs(tmp_path)
@@ -243,6 +247,8 @@ def test_test_and_predict_of_a_runs_checkpoint_stay_in_its_folder(fitted_run, tm
     assert list(hparams_trials(tmp_path / "runs" / "digits-resnet20")) == ["version_0"]
 
 
+# slow: a fit and a test through the CLI; the CSV logger alone stays fast
+@pytest.mark.slow
 def test_a_second_logger_shares_the_run_folder_and_keeps_what_it_wrote(tmp_path: Path) -> None:
     run_cli("fit", *TINY, "--trainer.logger+", "CSVLogger", cwd=tmp_path)
     (folder,) = run_dirs(tmp_path)

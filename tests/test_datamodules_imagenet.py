@@ -178,6 +178,8 @@ def test_original_archives_are_prepared_once(tmp_path: Path) -> None:
     assert (tmp_path / "train").stat().st_mtime_ns == mtime
 
 
+# slow: another process holds the lock
+@pytest.mark.slow
 def test_nodes_sharing_the_folder_extract_the_archives_once(tmp_path: Path) -> None:
     """Lightning prepares once per node: a node that finds another extracting waits for it, and
     then leaves the folders that node made alone instead of extracting over them."""

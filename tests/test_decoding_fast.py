@@ -259,6 +259,8 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path) -> None:
         RandomResizedCropDecode(8, backend="turbo")  # type: ignore[arg-type]
 
 
+# slow: a fresh interpreter with -W error
+@pytest.mark.slow
 def test_the_fast_path_does_not_warn(tmp_path: Path) -> None:
     # torchvision 0.29 deprecates its decoders with a DeprecationWarning per call; importing the
     # decoder silences that one message, also in a process that turns warnings into errors

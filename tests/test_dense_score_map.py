@@ -11,7 +11,12 @@ from lit_classifiers.eval_protocols import dense_logits, protocol_logits
 from lit_classifiers.registry import create_backbone
 
 
-@pytest.mark.parametrize(("name", "height", "width"), [("alexnet", 287, 319), ("vgg11", 256, 256)])
+# vgg11 (slow): the same averaging at ~10 GMACs a pass, on the 256x256 its 7x7 head needs for a
+# 2x2 map; its head is held to the linear one in the fast tier (test_eval_protocols.py).
+@pytest.mark.parametrize(
+    ("name", "height", "width"),
+    [("alexnet", 287, 319), pytest.param("vgg11", 256, 256, marks=pytest.mark.slow)],
+)
 def test_dense_logits_are_the_mean_of_the_head_over_the_windows(
     name: str, height: int, width: int
 ) -> None:

@@ -9,8 +9,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import onnx
-import onnxruntime
 import pytest
 import torch
 from helpers.cli import run_cli
@@ -106,22 +104,35 @@ def ema_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def exported(ema_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The three formats, written by the command (through its ``main``, in this process) with
-    the default output names, beside a copy of the checkpoint."""
-    folder = tmp_path_factory.mktemp("exported")
+# ONNX (the dynamo exporter and onnxscript, ~5 s to import) and torch.export take seconds: in
+# the slow tier; TorchScript takes the command through the same steps in the fast one.
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param("onnx", marks=pytest.mark.slow),
+        "torchscript",
+        pytest.param("exported_program", marks=pytest.mark.slow),
+    ],
+)
+def exported(
+    request: pytest.FixtureRequest, ema_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
+    """A format, written by the command (through its ``main``, in this process) with the
+    default output name, beside a copy of the checkpoint: the folder and the format."""
+    fmt = request.param
+    folder = tmp_path_factory.mktemp(f"exported-{fmt}")
     checkpoint = folder / "model.ckpt"
     shutil.copy(ema_checkpoint, checkpoint)
-    for fmt in SUFFIXES:
-        result = run_cli("export", "--ckpt_path", checkpoint, "--format", fmt, cwd=folder)
-        assert f"wrote {checkpoint.with_suffix(SUFFIXES[fmt])} ({fmt}, EMA weights" in result.stdout
-    return folder
+    result = run_cli("export", "--ckpt_path", checkpoint, "--format", fmt, cwd=folder)
+    assert f"wrote {checkpoint.with_suffix(SUFFIXES[fmt])} ({fmt}, EMA weights" in result.stdout
+    return folder, fmt
 
 
 def _run_exported(path: Path, fmt: str, images: Tensor) -> Tensor:
     """The exported file, loaded with its own runtime, applied to ``images``."""
     if fmt == "onnx":
+        import onnxruntime  # here: ~1 s of imports that only the (slow) ONNX tests need
+
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         (name,) = [i.name for i in session.get_inputs()]
         return torch.from_numpy(session.run(None, {name: images.numpy()})[0])
@@ -133,6 +144,8 @@ def _run_exported(path: Path, fmt: str, images: Tensor) -> Tensor:
 
 def _embedded_class_names(path: Path, fmt: str) -> list[str]:
     if fmt == "onnx":
+        import onnx
+
         props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
         return json.loads(props["class_names"])
     extra = {"classes.json": ""}
@@ -143,9 +156,9 @@ def _embedded_class_names(path: Path, fmt: str) -> list[str]:
     return json.loads(extra["classes.json"])
 
 
-@pytest.mark.parametrize("fmt", list(SUFFIXES))
-def test_export_equals_the_checkpoint_at_two_batch_sizes(exported: Path, fmt: str) -> None:
-    checkpoint = exported / "model.ckpt"
+def test_export_equals_the_checkpoint_at_two_batch_sizes(exported: tuple[Path, str]) -> None:
+    folder, fmt = exported
+    checkpoint = folder / "model.ckpt"
     path = checkpoint.with_suffix(SUFFIXES[fmt])
     module = ClassifierModule.load_from_checkpoint(checkpoint).eval()
     generator = torch.Generator().manual_seed(1)
@@ -163,9 +176,11 @@ def test_export_equals_the_checkpoint_at_two_batch_sizes(exported: Path, fmt: st
     assert described["weights"] == "ema"
     assert described["input"]["shape"] == ["batch", 1, 8, 8]  # the datamodule's image_size
     assert _embedded_class_names(path, fmt) == DIGITS
-    assert not list(exported.glob(".*partial*"))  # no temporary file left behind
+    assert not list(folder.glob(".*partial*"))  # no temporary file left behind
 
 
+# slow: two torch.export runs; the TorchScript tests run the same API in the fast tier
+@pytest.mark.slow
 def test_export_api_image_size_and_no_overwrite(ema_checkpoint: Path, tmp_path: Path) -> None:
     output = tmp_path / "net.pt2"
     result = export_checkpoint(ema_checkpoint, output, "exported_program", image_size=12)

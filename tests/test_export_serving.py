@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import onnxruntime
 import pytest
 import torch
 from helpers.modules import make_trainer
@@ -104,12 +103,16 @@ def _serve(model: Path, images: list[Path]) -> np.ndarray:
         mean, std = np.array(spec["mean"]), np.array(spec["std"])
         batch = (batch * spec["rescale_factor"] - mean) / std
         batch = batch.transpose(0, 3, 1, 2).astype(np.float32)
+    import onnxruntime  # here: only the (slow) serving tests need it
+
     session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {sidecar["input"]["name"]: batch})
     exp = np.exp(logits - logits.max(axis=1, keepdims=True))
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+# slow: end to end: ONNX export (~5 s of imports) and onnxruntime on real photographs
+@pytest.mark.slow
 @pytest.mark.parametrize("preprocessing", ["included", "none"])
 def test_onnx_file_and_sidecar_alone_predict_as_the_checkpoint(
     photo_checkpoint: tuple[Path, Path], tmp_path: Path, preprocessing: str

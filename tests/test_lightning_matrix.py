@@ -242,6 +242,8 @@ def test_precision(precision: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- strategies
+# slow: spawns two processes
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
 def test_ddp_spawn_trains_and_validates_like_one_process() -> None:
     """2 CPU processes (gloo). Plain ddp (the script relaunched per rank) is held to one process
@@ -486,6 +488,8 @@ def test_to_torchscript(method: str, ema_decay: float | None) -> None:
     torch.testing.assert_close(scripted(images), model(images))
 
 
+# slow: TorchDynamo's tracing takes seconds; the rest of this file trains the same module eagerly
+@pytest.mark.slow
 def test_torch_compile_of_the_module() -> None:
     # The eager backend runs TorchDynamo's tracing (graph breaks, guards) without code generation.
     model = resnet20()

@@ -82,6 +82,8 @@ def _train_digits(directory: Path, max_epochs: int, ckpt_path: Path | None = Non
     return model
 
 
+# slow: three fits of a project datamodule; the TinyNet resume above stays in the fast tier
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")
 def test_resume_is_bitwise_identical_with_a_project_datamodule(tmp_path: Path) -> None:
     """The same through DigitsDataModule's own loaders: shuffling and augmentation in workers."""

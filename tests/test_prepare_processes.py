@@ -56,6 +56,8 @@ def test_a_wait_on_another_process_s_prepare_lock_is_announced(
     assert (root / "train").is_dir()  # and then prepared
 
 
+# slow: a fresh interpreter: which modules it imported is the point
+@pytest.mark.slow
 def test_prepare_never_imports_the_model_package(tmp_path: Path) -> None:
     """The data side stands alone: the version written into dataset.json is the installed
     package's, read from its metadata, not ``lit_classifiers.__version__``."""
@@ -103,6 +105,8 @@ def _group(pgid: int) -> list[int]:
     ]
 
 
+# slow: kill -9 of a real process and its conversion processes
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_conversion_processes_stop_with_a_killed_prepare(tmp_path: Path) -> None:
     pytest.importorskip("litdata")

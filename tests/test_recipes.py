@@ -10,7 +10,10 @@ number the paper reports for that protocol.
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import io
+import os
 import re
 import shlex
 from collections import defaultdict
@@ -284,7 +287,14 @@ def comments(path: Path) -> list[str]:
 
 
 def printed_config(args: list[str]) -> dict[str, Any]:
-    """What ``lit-classifiers <args> --print_config`` prints, parsed."""
+    """What ``lit-classifiers <args> --print_config`` prints, parsed (a copy of its own)."""
+    return copy.deepcopy(_printed_config(tuple(map(str, args)), os.getcwd()))
+
+
+@functools.cache
+def _printed_config(args: tuple[str, ...], cwd: str) -> dict[str, Any]:
+    # Several tests print the same recipe (~0.4 s each): once per process. The files under
+    # configs/ do not change while the tests run; a test's own files are under its tmp_path.
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as stop:
         cli_main([*args, "--print_config"])
@@ -337,8 +347,11 @@ def test_recipe_instantiates_model_and_datamodule(recipe, tiny_data, tmp_path, m
     dataset = recipe.parent.name
     if dataset in tiny_data:
         args += ["--data.init_args.data_dir", str(tiny_data[dataset])]
-    cli = cli_main(args, run=False)
+    # The model on the meta device: its wiring, without drawing VGG-16's 138M weights (seconds).
+    with torch.device("meta"):
+        cli = cli_main(args, run=False)
     model, data = cli.model, cli.datamodule
+    assert next(model.parameters()).is_meta
     assert model.hparams.backbone == backbone_of(recipe)
     assert isinstance(model.backbone, Backbone)
     data.setup("fit")
@@ -443,6 +456,9 @@ def readme_protocol_rows() -> list[tuple[str, str, list[str], bool]]:
     return rows
 
 
+# slow: the README's tables, one print_config (~0.5 s) or two a row; the recipes themselves
+# are printed and built in the fast tier
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("recipe", "flags", "set_by_recipe"),
     [row[1:] for row in readme_protocol_rows()],
@@ -563,6 +579,8 @@ def test_readme_names_both_files_of_every_recipe_it_runs():
                 assert configs[: configs.index(recipe)][-1:] == chain(recipe)[:-1], args
 
 
+# slow: the README's commands as written, two print_configs each
+@pytest.mark.slow
 @pytest.mark.parametrize("args", readme_recipe_commands(), ids=" ".join)
 def test_readme_recipe_command_parses(args, monkeypatch):
     monkeypatch.chdir(REPO)

@@ -85,6 +85,8 @@ def test_progress_defaults_keep_the_bar_in_a_terminal_only(tmp_path: Path) -> No
     assert [type(c) for c in piped["callbacks"]] == [EpochSummary]
 
 
+# slow: the console script as a real process with its output to a pipe
+@pytest.mark.slow
 def test_a_piped_fit_prints_one_line_per_epoch(tmp_path: Path) -> None:
     """The real command with its output to a pipe (as under CI, nohup or SLURM)."""
     result = run(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -409,10 +410,17 @@ def test_resume_mid_epoch_sees_each_image_once(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------
 # Bad input: one error naming the file, before training starts.
+@pytest.fixture(scope="module")
+def converted_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("converted")
+    data = unique_folder(root / "photos", {"train": 9, "val": 6})
+    return convert(ImageFolderDataModule(str(data), num_workers=0), root / "lit")
+
+
 @pytest.fixture()
-def converted(tmp_path: Path) -> Path:
-    data = unique_folder(tmp_path / "photos", {"train": 9, "val": 6})
-    return convert(ImageFolderDataModule(str(data), num_workers=0), tmp_path / "lit")
+def converted(converted_once: Path, tmp_path: Path) -> Path:
+    """A conversion of its own for a test to damage: a copy of one made once per module."""
+    return shutil.copytree(converted_once, tmp_path / "lit")
 
 
 def _first_chunk(out: Path) -> Path:
@@ -485,6 +493,8 @@ def test_an_index_cannot_point_outside_its_folder(converted: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------
 # Conversion: interrupted, fixed, run again.
+# slow: four conversions with worker processes, one of them interrupted
+@pytest.mark.slow
 def test_an_interrupted_conversion_resumes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     data = unique_folder(tmp_path / "photos", {"train": 21, "val": 6})
     bad = sorted((data / "train").rglob("*.jpg"))[15]
@@ -524,6 +534,8 @@ def test_prepare_refuses_to_write_into_the_data(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# slow: a fresh interpreter: what it imported is the point
+@pytest.mark.slow
 def test_importing_the_datamodules_does_not_import_litdata() -> None:
     """litdata is an extra: ``import datamodules`` (every CLI start) neither needs nor loads it."""
     code = "import sys, datamodules; print('litdata' in sys.modules)"

@@ -5,6 +5,7 @@ the file. And ``prepare`` killed with ``kill -9`` takes its conversion processes
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -26,14 +27,23 @@ def three_classes(root: Path, per_class: int = 3) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def converted_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("converted")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("LIT_CLASSIFIERS_CACHE", str(root / "cache"))
+        data = three_classes(root / "photos")
+        source = ImageFolderDataModule(str(data), num_workers=0, val_split=3)
+        return convert_datamodule(
+            source, root / "lit", num_workers=1, chunk_bytes="1KB", progress=False
+        )
+
+
 @pytest.fixture()
-def converted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def converted(converted_once: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A conversion of its own for a test to damage: a copy of one made once per module."""
     monkeypatch.setenv("LIT_CLASSIFIERS_CACHE", str(tmp_path / "cache"))
-    data = three_classes(tmp_path / "photos")
-    source = ImageFolderDataModule(str(data), num_workers=0, val_split=3)
-    return convert_datamodule(
-        source, tmp_path / "lit", num_workers=1, chunk_bytes="1KB", progress=False
-    )
+    return shutil.copytree(converted_once, tmp_path / "lit")
 
 
 def stream(out: Path) -> StreamingDataModule:

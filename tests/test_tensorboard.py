@@ -313,6 +313,8 @@ def test_lr_argument_replaces_the_optimizers_rate_and_is_checked() -> None:
             ClassifierModule(TinyNet(), num_classes=NUM_CLASSES, lr=bad)  # type: ignore[arg-type]
 
 
+# slow: the finder's steps and a fit through the CLI; the finder's tests above run it from Python
+@pytest.mark.slow
 def test_learning_rate_finder_from_the_command_line(tmp_path: Path) -> None:
     args = [a for a in TINY if not a.startswith("--trainer.limit_train_batches")]
     run_cli(
