@@ -16,7 +16,9 @@ Both report the same instants, taken by the same clock (``time.time``) in the pr
   happens between the epochs (figures, checkpoints, loader start-up);
 * **wall**: the whole command, process start to exit.
 
-With ``--timm-train PATH`` (timm's ``train.py`` from its repository, run by ``--timm-python``,
+With ``--persistent`` the command also runs with ``--data.persistent_workers=true`` (the
+training loader's workers kept between epochs; bitwise resume no longer holds). With
+``--timm-train PATH`` (timm's ``train.py`` from its repository, run by ``--timm-python``,
 an interpreter that imports ``timm``) the same job also runs through timm's training script,
 the fastest peer the issue measured: its model, loader and transforms, ``--no-prefetcher`` on
 the CPU, no label smoothing or colour jitter (the other two apply neither), a checkpoint per
@@ -226,6 +228,7 @@ def _run(kind: str, data: Path, scratch: Path, args: Any) -> dict[str, float]:
     command = {
         "plain": lambda: _plain_command(data, cwd, args),
         "fit": lambda: _fit_command(data, args),
+        "fit-pw": lambda: [*_fit_command(data, args), "--data.persistent_workers=true"],
         "timm": lambda: _timm_command(data, cwd, args),
     }[kind]()
     env[START_ENV] = repr(time.time())
@@ -265,6 +268,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--classes", type=int, default=6)
     parser.add_argument("--per-class", type=int, default=40, help="training images per class")
+    parser.add_argument(
+        "--persistent",
+        action="store_true",
+        help="also run the command with --data.persistent_workers=true (kind fit-pw)",
+    )
     parser.add_argument("--timm-train", default=None, help="timm's train.py: also run it")
     parser.add_argument(
         "--timm-python", default=sys.executable, help="the interpreter that runs --timm-train"
@@ -294,7 +302,8 @@ def main() -> None:
             f"{repeats} ABBA pair(s)",
             flush=True,
         )
-        kinds = ["plain", "fit"] + (["timm"] if args.timm_train else [])
+        kinds = ["plain", "fit"] + (["fit-pw"] if args.persistent else [])
+        kinds += ["timm"] if args.timm_train else []
         runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
         for _, kind in alternating(kinds, repeats):
             runs[kind].append(_run(kind, data, scratch, args))
@@ -308,7 +317,12 @@ def main() -> None:
     ratios = [f["wall_s"] / p["wall_s"] for p, f in zip(runs["plain"], runs["fit"], strict=True)]
     keys = ("wall_s", "startup_s", "between_epochs_s", "step_s")
     summary = {kind: {k: summarize([r[k] for r in rs]) for k in keys} for kind, rs in runs.items()}
-    titles = {"plain": "plain loop (floor)", "fit": "lit-classifiers fit", "timm": "timm train.py"}
+    titles = {
+        "plain": "plain loop (floor)",
+        "fit": "lit-classifiers fit",
+        "fit-pw": "fit, persistent workers",
+        "timm": "timm train.py",
+    }
     rows = [
         [label, *(fmt(summary[kind][k], " s", 2) for kind in kinds)]
         for label, k in zip(
@@ -326,6 +340,9 @@ def main() -> None:
         ]
         peer_ratio = summarize(timm_ratios)
         print(f"fit / timm wall time: {fmt(peer_ratio, 'x', 2)} (per round)")
+    if args.persistent:
+        pw = [f["wall_s"] / p["wall_s"] for p, f in zip(runs["plain"], runs["fit-pw"], strict=True)]
+        print(f"fit with persistent workers / plain wall time: {fmt(summarize(pw), 'x', 2)}")
     load = loadavg()
     print(f"# load average at end: {load}; above the CPU count the figures measured contention")
     emit(
