@@ -65,3 +65,15 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules holding ``slow`` tests run first, each module's tests kept together.
+
+    Under ``pytest -n 2`` the longest tests (a notebook, torchrun, concurrent fits: up to 45 s)
+    would otherwise start last, in file order, and leave one worker idle while the other
+    finishes them; started first, the short ones fill in around them. Kept together, a
+    module's fixtures are set up once per worker, as before.
+    """
+    slow_modules = {item.module for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module not in slow_modules)  # stable: file order kept
