@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pytest
 from helpers.cli import (
-    SCRIPT,
     TINY,
     Case,
     assert_one_line_error,
     cli_env,
     hparams_trials,
-    run,
     run_cli,
     run_dirs,
     run_each,
@@ -194,18 +192,6 @@ def test_logger_false_twice_in_one_directory_leaves_it_clean(tmp_path: Path) -> 
         # The folder is not pinned in the config: a run started from it gets its own.
         config = (folder / "config.yaml").read_text()
         assert re.search(r"^  default_root_dir: null$", config, re.MULTILINE), config
-
-
-# slow: a real process, whose import-time warnings are the point
-@pytest.mark.slow
-def test_a_normal_run_prints_no_advertisement_nor_deprecation_noise(tmp_path: Path) -> None:
-    # A real process: the warnings of its imports are part of what a user would see.
-    env = cli_env(PYTHONWARNINGS="default")  # as a user's shell has it: warnings shown
-    result = run(SCRIPT, "fit", *TINY, "--trainer.limit_val_batches=1", cwd=tmp_path, env=env)
-    output = result.stdout + result.stderr
-    assert "`Trainer.fit` stopped" in output
-    assert "litlogger" not in output and "Tip:" not in output
-    assert "LeafSpec" not in output
 
 
 # slow: a test and two predicts through the CLI

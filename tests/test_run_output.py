@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.cli import CONFIGS, SCRIPT, run, scalars
+from helpers.cli import CONFIGS, SCRIPT, cli_env, run, scalars
 from helpers.modules import TinyNet, make_loader, make_trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
@@ -87,8 +87,9 @@ def test_progress_defaults_keep_the_bar_in_a_terminal_only(tmp_path: Path) -> No
 
 # slow: the console script as a real process with its output to a pipe
 @pytest.mark.slow
-def test_a_piped_fit_prints_one_line_per_epoch(tmp_path: Path) -> None:
-    """The real command with its output to a pipe (as under CI, nohup or SLURM)."""
+def test_a_piped_fit_prints_one_line_per_epoch_and_no_noise(tmp_path: Path) -> None:
+    """The real command with its output to a pipe (as under CI, nohup or SLURM), warnings
+    shown as a user's shell has them: the warnings of its imports are part of what one sees."""
     result = run(
         SCRIPT,
         "fit",
@@ -99,7 +100,12 @@ def test_a_piped_fit_prints_one_line_per_epoch(tmp_path: Path) -> None:
         "--trainer.limit_val_batches=2",
         "--data.image_size=8",
         cwd=tmp_path,
+        env=cli_env(PYTHONWARNINGS="default"),
     )
+    output = result.stdout + result.stderr
+    assert "`Trainer.fit` stopped" in output
+    assert "litlogger" not in output and "Tip:" not in output  # no advertisement
+    assert "LeafSpec" not in output  # no deprecation noise of Lightning's imports
     lines = result.stdout.splitlines()
     epochs = [line for line in lines if line.startswith("epoch ")]
     assert [line.split("  ")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
