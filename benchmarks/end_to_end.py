@@ -314,7 +314,12 @@ def main() -> None:
                 f"({last['stdout_lines']} stdout lines)",
                 flush=True,
             )
-    ratios = [f["wall_s"] / p["wall_s"] for p, f in zip(runs["plain"], runs["fit"], strict=True)]
+
+    def wall_ratio(kind: str, baseline: str) -> dict[str, float]:
+        """``kind``'s wall time over ``baseline``'s, run by run (both ran equally often)."""
+        pairs = zip(runs[baseline], runs[kind], strict=True)
+        return summarize([k["wall_s"] / b["wall_s"] for b, k in pairs])
+
     keys = ("wall_s", "startup_s", "between_epochs_s", "step_s")
     summary = {kind: {k: summarize([r[k] for r in rs]) for k in keys} for kind, rs in runs.items()}
     titles = {
@@ -331,18 +336,14 @@ def main() -> None:
     ]
     print()
     print(table(rows, ["median [min..max]", *(titles[kind] for kind in kinds)]))
-    ratio = summarize(ratios)
+    ratio = wall_ratio("fit", "plain")
     print(f"\nfit / plain wall time: {fmt(ratio, 'x', 2)} (per ABBA pair)")
-    peer_ratio = None
-    if args.timm_train:
-        timm_ratios = [
-            f["wall_s"] / t["wall_s"] for t, f in zip(runs["timm"], runs["fit"], strict=True)
-        ]
-        peer_ratio = summarize(timm_ratios)
+    peer_ratio = wall_ratio("fit", "timm") if args.timm_train else None
+    if peer_ratio is not None:
         print(f"fit / timm wall time: {fmt(peer_ratio, 'x', 2)} (per round)")
     if args.persistent:
-        pw = [f["wall_s"] / p["wall_s"] for p, f in zip(runs["plain"], runs["fit-pw"], strict=True)]
-        print(f"fit with persistent workers / plain wall time: {fmt(summarize(pw), 'x', 2)}")
+        pw = wall_ratio("fit-pw", "plain")
+        print(f"fit with persistent workers / plain wall time: {fmt(pw, 'x', 2)}")
     load = loadavg()
     print(f"# load average at end: {load}; above the CPU count the figures measured contention")
     emit(

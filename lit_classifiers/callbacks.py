@@ -586,8 +586,8 @@ def misclassified_figure(images: Tensor, true: Sequence[str], predicted: Sequenc
     """A grid of ``(N, C, H, W)`` images in [0, 1], each under its true and predicted class.
 
     One axes spanning the figure, each image placed by its extent and captioned by a text:
-    one matplotlib axes per image (and ``tight_layout`` over them) cost five times as much to
-    draw, on the training thread after every validation epoch.
+    an axes per image (and ``tight_layout`` over them) is what makes matplotlib slow, and this
+    is drawn on the training thread after every validation epoch.
     """
     count = len(images)
     cols = math.ceil(math.sqrt(count))
@@ -595,7 +595,6 @@ def misclassified_figure(images: Tensor, true: Sequence[str], predicted: Sequenc
     cell_w, cell_h = 2.2, 2.5  # inches: the image in the lower 2.0 of a cell, its caption above
     figure = Figure(figsize=(cell_w * cols, cell_h * rows))
     axes = figure.add_axes((0.0, 0.0, 1.0, 1.0))
-    axes.set(xlim=(0.0, cell_w * cols), ylim=(cell_h * rows, 0.0))  # inches, y downwards
     axes.axis("off")
     box_w, box_h = cell_w - 0.1, cell_h - 0.5
     for index, image in enumerate(images):
@@ -618,7 +617,8 @@ def misclassified_figure(images: Tensor, true: Sequence[str], predicted: Sequenc
             va="bottom",
             fontsize=8,
         )
-    axes.set(xlim=(0.0, cell_w * cols), ylim=(cell_h * rows, 0.0))  # imshow resets the limits
+    # Data coordinates are inches, y downwards; set last, as each imshow resets the limits.
+    axes.set(xlim=(0.0, cell_w * cols), ylim=(cell_h * rows, 0.0))
     return figure
 
 

@@ -82,7 +82,7 @@ for script, workdir in zip(sys.argv[1::2], sys.argv[2::2]):
             try:
                 runpy.run_path(script, run_name="__main__")
             except SystemExit as stop:
-                status = stop.code if isinstance(stop.code, int) else (stop.code is not None)
+                status = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
             except BaseException:
                 traceback.print_exc()
                 status = 1
