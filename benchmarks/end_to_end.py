@@ -16,8 +16,8 @@ Both report the same instants, taken by the same clock (``time.time``) in the pr
   happens between the epochs (figures, checkpoints, loader start-up);
 * **wall**: the whole command, process start to exit.
 
-With ``--persistent`` the command also runs with ``--data.persistent_workers=true`` (the
-training loader's workers kept between epochs; bitwise resume no longer holds). With
+With ``--fresh-workers`` the command also runs with ``--data.persistent_workers=false`` (new
+training workers every epoch, the default before issue 20's per-sample seeds). With
 ``--timm-train PATH`` (timm's ``train.py`` from its repository, run by ``--timm-python``,
 an interpreter that imports ``timm``) the same job also runs through timm's training script,
 the fastest peer the issue measured: its model, loader and transforms, ``--no-prefetcher`` on
@@ -228,7 +228,7 @@ def _run(kind: str, data: Path, scratch: Path, args: Any) -> dict[str, float]:
     command = {
         "plain": lambda: _plain_command(data, cwd, args),
         "fit": lambda: _fit_command(data, args),
-        "fit-pw": lambda: [*_fit_command(data, args), "--data.persistent_workers=true"],
+        "fit-fw": lambda: [*_fit_command(data, args), "--data.persistent_workers=false"],
         "timm": lambda: _timm_command(data, cwd, args),
     }[kind]()
     env[START_ENV] = repr(time.time())
@@ -269,9 +269,9 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=6)
     parser.add_argument("--per-class", type=int, default=40, help="training images per class")
     parser.add_argument(
-        "--persistent",
+        "--fresh-workers",
         action="store_true",
-        help="also run the command with --data.persistent_workers=true (kind fit-pw)",
+        help="also run the command with --data.persistent_workers=false (kind fit-fw)",
     )
     parser.add_argument("--timm-train", default=None, help="timm's train.py: also run it")
     parser.add_argument(
@@ -302,7 +302,7 @@ def main() -> None:
             f"{repeats} ABBA pair(s)",
             flush=True,
         )
-        kinds = ["plain", "fit"] + (["fit-pw"] if args.persistent else [])
+        kinds = ["plain", "fit"] + (["fit-fw"] if args.fresh_workers else [])
         kinds += ["timm"] if args.timm_train else []
         runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
         for _, kind in alternating(kinds, repeats):
@@ -325,7 +325,7 @@ def main() -> None:
     titles = {
         "plain": "plain loop (floor)",
         "fit": "lit-classifiers fit",
-        "fit-pw": "fit, persistent workers",
+        "fit-fw": "fit, fresh workers",
         "timm": "timm train.py",
     }
     rows = [
@@ -341,9 +341,9 @@ def main() -> None:
     peer_ratio = wall_ratio("fit", "timm") if args.timm_train else None
     if peer_ratio is not None:
         print(f"fit / timm wall time: {fmt(peer_ratio, 'x', 2)} (per round)")
-    if args.persistent:
-        pw = wall_ratio("fit-pw", "plain")
-        print(f"fit with persistent workers / plain wall time: {fmt(pw, 'x', 2)}")
+    if args.fresh_workers:
+        fresh = wall_ratio("fit-fw", "plain")
+        print(f"fit with fresh workers each epoch / plain wall time: {fmt(fresh, 'x', 2)}")
     load = loadavg()
     print(f"# load average at end: {load}; above the CPU count the figures measured contention")
     emit(

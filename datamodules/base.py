@@ -5,9 +5,10 @@ after the batch reaches the accelerator, in :meth:`on_after_batch_transfer` (Lig
 datamodule's hook automatically). uint8 is a quarter of the bytes of float32 through worker IPC,
 pinned memory and the host-to-device copy, and the conversion is free on a GPU.
 
-Splits are pure functions of ``seed``, and the loaders are plain ``DataLoader``\\ s so that
-Lightning's default distributed-sampler injection gives every DDP rank its own share of the same
-split.
+Splits are pure functions of ``seed``. The evaluation loaders are plain ``DataLoader``\\ s, so
+that Lightning's default distributed-sampler injection gives every DDP rank its own share of the
+same split; the training loader brings its own ``DistributedSampler``
+(:class:`~datamodules.sampling.SeededShuffle`), which Lightning leaves in place.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -42,6 +44,7 @@ from datamodules.eval_views import (
 from datamodules.files import default_cache_dirs, index_images
 from datamodules.info import DatasetInfo
 from datamodules.normalization import BatchNormalizer
+from datamodules.sampling import SeededSamples, SeededShuffle
 from datamodules.transforms import (
     EncodedCrop,
     RandomResizedCropDecode,
@@ -176,13 +179,14 @@ class ImageClassificationDataModule(LightningDataModule):
         num_workers: DataLoader worker processes; ``None`` picks :func:`default_num_workers`
             (datamodules whose data already sits in memory may pick 0).
         pin_memory: Pin host memory for faster host-to-GPU copies; ignored without a GPU.
-        persistent_workers: Keep the training loader's workers alive between epochs; ignored
-            when ``num_workers=0``. Off by default: persistent workers are never re-seeded, so
-            their augmentation streams carry over from epoch to epoch and a run resumed from a
-            checkpoint would no longer be bitwise identical to an uninterrupted one. The
-            validation loader, which draws no random numbers, always keeps its workers (as
-            timm's loaders do): the sanity check's workers serve every validation epoch.
-        seed: Seed of every random split, so all DDP ranks agree on the splits.
+        persistent_workers: Keep the training loader's workers alive between epochs (as timm's
+            loaders do), rather than starting new ones at every epoch; ignored when
+            ``num_workers=0``. Safe for resuming: every training sample is augmented from a
+            seed of its own (:mod:`datamodules.sampling`), not from a worker's stream. The
+            validation loader, which draws no random numbers, always keeps its workers.
+        seed: Seed of every random split, so all DDP ranks agree on the splits. The training
+            order and augmentation take their seed from torch's generator instead (drawn once,
+            so ``seed_everything`` decides it; the same on every rank; kept in checkpoints).
         predict_dir: A folder whose images (found recursively, sorted) ``predict_dataloader``
             yields as ``(images, paths)`` with the evaluation transform.
         eval_protocol: How validation, test and predict see each image: ``"center"`` (resize +
@@ -205,7 +209,7 @@ class ImageClassificationDataModule(LightningDataModule):
         batch_size: int = 64,
         num_workers: int | None = None,
         pin_memory: bool = True,
-        persistent_workers: bool = False,
+        persistent_workers: bool = True,
         seed: int = 0,
         predict_dir: str | None = None,
         eval_protocol: str = "center",
@@ -222,6 +226,8 @@ class ImageClassificationDataModule(LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.seed = seed
+        self._train_seed: int | None = None
+        self._loaders_made = 0  # training loaders made without a trainer (_next_epoch)
         self.predict_dir = predict_dir
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
@@ -373,10 +379,14 @@ class ImageClassificationDataModule(LightningDataModule):
         persistent: bool | None = None,
     ) -> DataLoader:
         persistent = self.persistent_workers if persistent is None else persistent
+        sampler = None
+        if shuffle:
+            dataset = SeededSamples(dataset)
+            sampler = SeededShuffle(dataset, self.train_seed(), self._next_epoch())
         return DataLoader(
             dataset,
             batch_size=self.batch_size if batch_size is None else batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.uses_pin_memory,
             persistent_workers=persistent and self.num_workers > 0,
@@ -386,6 +396,46 @@ class ImageClassificationDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self._dataset("train"), shuffle=True)
+
+    def _next_epoch(self) -> int:
+        """The epoch a new training loader starts at: under a trainer, the one its loop runs
+        next (what it will pass to ``set_epoch``; in a resumed fit not yet
+        ``trainer.current_epoch`` when the loader is made); without one, the count of loaders
+        made before, so that a loop asking for a new loader every epoch gets new epochs."""
+        if self.trainer is not None:
+            return self.trainer.fit_loop.epoch_progress.current.processed
+        self._loaders_made += 1
+        return self._loaders_made - 1
+
+    def train_seed(self) -> int:
+        """The seed of the training order and augmentation (:mod:`datamodules.sampling`).
+
+        Drawn from torch's generator at the first training loader, so that ``seed_everything``
+        decides it and an unseeded run differs from the last; rank 0's on every rank; saved in
+        checkpoints (:meth:`state_dict`), so that a resumed fit goes on with the same one.
+        """
+        if self._train_seed is None:
+            seed = int(torch.randint(2**62, ()))
+            if self.trainer is not None:
+                seed = self.trainer.strategy.broadcast(seed)
+            elif dist.is_available() and dist.is_initialized():
+                shared = [seed]
+                dist.broadcast_object_list(shared, src=0)
+                seed = shared[0]
+            self._train_seed = seed
+        return self._train_seed
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self._train_seed is None else {"train_seed": self._train_seed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        seed = state_dict.get("train_seed") if isinstance(state_dict, dict) else state_dict
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(
+                f"the checkpoint's {type(self).__name__} state has train_seed={seed!r}; "
+                "expected an int (the seed of the training order), or no such entry"
+            )
+        self._train_seed = seed
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self._dataset("val"), persistent=True)
@@ -469,7 +519,7 @@ class FileImageDataModule(ImageClassificationDataModule):
         batch_size: int = 64,
         num_workers: int | None = None,
         pin_memory: bool = True,
-        persistent_workers: bool = False,
+        persistent_workers: bool = True,
         seed: int = 0,
         predict_dir: str | None = None,
         eval_protocol: str = "center",

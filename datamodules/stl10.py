@@ -223,7 +223,7 @@ class STL10DataModule(ImageClassificationDataModule):
         batch_size: int = 64,
         num_workers: int | None = None,
         pin_memory: bool = True,
-        persistent_workers: bool = False,
+        persistent_workers: bool = True,
         seed: int = 0,
         predict_dir: str | None = None,
         eval_protocol: str = "center",

@@ -48,19 +48,20 @@ def test_train_val_test_folders(tmp_path: Path) -> None:
     assert images.shape == (6, 3, 32, 32)
 
 
-def test_only_the_validation_loader_keeps_its_workers_by_default(tmp_path: Path) -> None:
-    # Training workers are re-seeded each epoch (bitwise resume); validation draws no random
-    # numbers, so its workers serve the sanity check and every validation epoch.
+def test_training_and_validation_loaders_keep_their_workers_by_default(tmp_path: Path) -> None:
+    # Training samples are seeded one by one (datamodules.sampling), so kept training workers
+    # still resume bitwise; validation draws no random numbers. Test loaders run once.
     make_tree(tmp_path, {"train": 2, "val": 1, "test": 1})
     dm = make_dm(tmp_path, num_workers=1)
     dm.setup()
     persistent = [dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()]
-    assert [loader.persistent_workers for loader in persistent] == [False, True, False]
-    dm = make_dm(tmp_path, num_workers=1, persistent_workers=True)
+    assert [loader.persistent_workers for loader in persistent] == [True, True, False]
+    dm = make_dm(tmp_path, num_workers=1, persistent_workers=False)
     dm.setup()
-    assert dm.train_dataloader().persistent_workers and dm.val_dataloader().persistent_workers
+    assert not dm.train_dataloader().persistent_workers and dm.val_dataloader().persistent_workers
     dm = make_dm(tmp_path, num_workers=0)  # torch refuses persistent workers without workers
     dm.setup()
+    assert not dm.train_dataloader().persistent_workers
     assert not dm.val_dataloader().persistent_workers
 
 

@@ -86,10 +86,18 @@ def _train_digits(directory: Path, max_epochs: int, ckpt_path: Path | None = Non
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")
 def test_resume_is_bitwise_identical_with_a_project_datamodule(tmp_path: Path) -> None:
-    """The same through DigitsDataModule's own loaders: shuffling and augmentation in workers."""
+    """The same through DigitsDataModule's own loaders: shuffling and augmentation in two
+    workers kept from epoch to epoch (the default), each sample seeded from the datamodule's
+    train_seed, which the checkpoint carries."""
     straight = _train_digits(tmp_path / "straight", max_epochs=2)
     _train_digits(tmp_path / "first", max_epochs=1)
-    resumed = _train_digits(
-        tmp_path / "resumed", max_epochs=2, ckpt_path=tmp_path / "first" / "epoch=0.ckpt", seed=7
-    )
+    first_epoch = tmp_path / "first" / "epoch=0.ckpt"
+    resumed = _train_digits(tmp_path / "resumed", max_epochs=2, ckpt_path=first_epoch, seed=7)
     assert _same(straight, resumed)
+
+    # Control: without the datamodule's state the resumed run draws another train_seed.
+    checkpoint = torch.load(first_epoch, weights_only=True)
+    del checkpoint["DigitsDataModule"]
+    stripped = tmp_path / "stripped.ckpt"
+    torch.save(checkpoint, stripped)
+    assert not _same(straight, _train_digits(tmp_path / "diverged", 2, stripped, seed=7))
