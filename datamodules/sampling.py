@@ -8,7 +8,9 @@ pairs every index with a seed of its own, and :class:`SeededSamples` seeds torch
 generator with it before building that sample. An epoch's crops and flips then depend on the
 seed, the epoch and the image only: not on the number of workers, on whether they are kept, or
 on which process resumes the run, so training workers can be kept between epochs and a resumed
-run still matches an uninterrupted one bit for bit.
+run still matches an uninterrupted one bit for bit. That holds for transforms drawing from torch's
+generator (torchvision's and this package's all do); one drawing from Python's ``random`` or
+NumPy's global state gets PyTorch's usual per-worker seeding only.
 """
 
 from __future__ import annotations

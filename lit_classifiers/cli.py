@@ -45,11 +45,13 @@ from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lit_classifiers.backbones_command import backbones_main
 from lit_classifiers.callbacks import NonFiniteLossError, progress_defaults
 from lit_classifiers.checkpoint_io import (
     NonFiniteWeightsError,
+    SafeCheckpointIO,
     stored_model_hparams,
 )
 from lit_classifiers.cli_help import SUBCOMMAND_HELP, ConciseHelpFormatter, summary
@@ -347,6 +349,11 @@ class ClassifierCLI(LightningCLI):
         run_folder = getattr(self, "run_folder", None)
         for namespace, key in run_folder.pinned if run_folder else []:
             setattr(namespace, key, None)
+        # A user's --trainer.plugins replaces the default list, and SafeCheckpointIO with it;
+        # unless they chose a CheckpointIO of their own, checkpoints stay safe.
+        strategy = self.trainer.strategy
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:
+            strategy.checkpoint_io = SafeCheckpointIO()
         if is_launching_process():
             for logger in self.trainer.loggers:
                 if isinstance(logger, CSVLogger):

@@ -499,3 +499,21 @@ def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
         for leftover in temp_dir.iterdir():
             leftover.unlink()
         temp_dir.rmdir()
+
+
+@pytest.mark.parametrize(
+    ("plugin", "kept"),
+    [
+        ("lightning.fabric.plugins.environments.LightningEnvironment", SafeCheckpointIO),
+        ("lightning.pytorch.plugins.io.AsyncCheckpointIO", "AsyncCheckpointIO"),
+    ],
+)
+def test_a_users_plugins_keep_the_safe_checkpoint_io_unless_they_bring_one(
+    plugin: str, kept: type | str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lit_classifiers.cli import cli_main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["--model.backbone=resnet20", "--data=DigitsDataModule", f"--trainer.plugins={plugin}"]
+    io = cli_main(args, run=False).trainer.strategy.checkpoint_io
+    assert isinstance(io, kept) if isinstance(kept, type) else type(io).__name__ == kept
