@@ -354,10 +354,31 @@ class ClassifierCLI(LightningCLI):
         strategy = self.trainer.strategy
         if type(strategy.checkpoint_io) is TorchCheckpointIO:
             strategy.checkpoint_io = SafeCheckpointIO()
+        save_last_every_epoch(self.trainer)
         if is_launching_process():
             for logger in self.trainer.loggers:
                 if isinstance(logger, CSVLogger):
                     open_csv_log(logger)
+
+
+def save_last_every_epoch(trainer: Trainer) -> None:
+    """Make ``last.ckpt`` the latest epoch's, as ``--ckpt_path last`` needs.
+
+    Since Lightning 2.6 a ``ModelCheckpoint`` with a monitored metric writes ``save_last`` only
+    when it also writes a top-k checkpoint, so ``last.ckpt`` stays at the best epoch. Each such
+    callback gives ``save_last`` up to a second ``ModelCheckpoint`` beside it that monitors
+    nothing and keeps one file, ``last.ckpt``, written every epoch.
+    """
+    for best in trainer.checkpoint_callbacks:
+        if isinstance(best, ModelCheckpoint) and best.save_last is True and best.monitor:
+            best.save_last = False
+            last = ModelCheckpoint(
+                dirpath=best.dirpath,
+                filename=best.CHECKPOINT_NAME_LAST,
+                save_weights_only=best.save_weights_only,
+                enable_version_counter=False,
+            )
+            trainer.callbacks.append(last)
 
 
 def _accelerators_here() -> str:

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from helpers.cli import TINY, run_dirs
 from PIL import Image
 
@@ -140,3 +141,14 @@ def test_a_run_that_writes_nothing_leaves_no_folder(args: list[str], here: Path)
     cli.main(args)
     assert [p.name for p in run_dirs(here)] == ["version_0"]
     assert os.environ.get(cli.RUN_VERSION_ENV) is None  # the next run in this process claims anew
+
+
+def test_last_ckpt_is_the_latest_epoch_even_when_the_best_is_an_earlier_one(here: Path) -> None:
+    # Monitoring "epoch" in mode min makes epoch 0 the best for good: Lightning (>= 2.6) alone
+    # would then leave last.ckpt at epoch 0, and --ckpt_path last would lose the later epochs.
+    fit = ["fit", *TINY, "--trainer.max_epochs=3", "--checkpoint.monitor=epoch"]
+    assert cli.main([*fit, "--checkpoint.mode=min", "--checkpoint.filename=best-{epoch}"]) == 0
+    folder = run_dirs(here)[0] / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["best-0.ckpt", "last.ckpt"]
+    last = torch.load(folder / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2 and last["global_step"] == 9
