@@ -585,25 +585,27 @@ def confusion_matrix_figure(matrix: Tensor, class_names: Sequence[str]) -> Figur
 def misclassified_figure(images: Tensor, true: Sequence[str], predicted: Sequence[str]) -> Figure:
     """A grid of ``(N, C, H, W)`` images in [0, 1], each under its true and predicted class.
 
-    One axes spanning the figure, each image placed by its extent and captioned by a text:
-    an axes per image (and ``tight_layout`` over them) is what makes matplotlib slow, and this
-    is drawn on the training thread after every validation epoch.
+    One axes spanning the figure, each image placed by its extent and captioned by a text: an
+    axes per image (and ``tight_layout`` over them) is what makes matplotlib slow. Images are
+    shown at their own pixel size, brought into :data:`GRID_IMAGE_PX` (enlarging a 64 px image
+    further costs drawing and PNG time and shows no more); this is drawn every validation epoch.
     """
     count = len(images)
     cols = math.ceil(math.sqrt(count))
     rows = math.ceil(count / cols)
-    cell_w, cell_h = 2.2, 2.5  # inches: the image in the lower 2.0 of a cell, its caption above
-    figure = Figure(figsize=(cell_w * cols, cell_h * rows))
+    height, width = images.shape[-2:]
+    side = max(height, width)
+    scale = min(max(side, GRID_IMAGE_PX[0]), GRID_IMAGE_PX[1]) / side
+    # Inches at the figure's 100 dpi: the image, then a two-line caption above it.
+    image_w, image_h = width * scale / 100, height * scale / 100
+    cell_w, cell_h = max(image_w, 1.6) + 0.1, image_h + 0.45
+    figure = Figure(figsize=(cell_w * cols, cell_h * rows), dpi=100)
     axes = figure.add_axes((0.0, 0.0, 1.0, 1.0))
     axes.axis("off")
-    box_w, box_h = cell_w - 0.1, cell_h - 0.5
     for index, image in enumerate(images):
         left, top = (index % cols) * cell_w, (index // cols) * cell_h
-        height, width = image.shape[-2:]
-        scale = min(box_w / width, box_h / height)  # fit the box, keep the aspect
-        x0 = left + (cell_w - width * scale) / 2
-        y0 = top + 0.45 + (box_h - height * scale) / 2
-        extent = (x0, x0 + width * scale, y0 + height * scale, y0)
+        x0, y0 = left + (cell_w - image_w) / 2, top + 0.4
+        extent = (x0, x0 + image_w, y0 + image_h, y0)
         if image.shape[0] >= 3:
             pixels, style = image[:3].permute(1, 2, 0).numpy(), {}
         else:
@@ -615,11 +617,15 @@ def misclassified_figure(images: Tensor, true: Sequence[str], predicted: Sequenc
             f"true: {_plain_label(true[index])}\npred: {_plain_label(predicted[index])}",
             ha="center",
             va="bottom",
-            fontsize=8,
+            fontsize=7,
         )
     # Data coordinates are inches, y downwards; set last, as each imshow resets the limits.
     axes.set(xlim=(0.0, cell_w * cols), ylim=(cell_h * rows, 0.0))
     return figure
+
+
+#: The smallest and largest side, in pixels, of an image in the misclassified grid.
+GRID_IMAGE_PX = (64, 224)
 
 
 # ------------------------------------------------------------------------------ preprocessing
