@@ -14,7 +14,10 @@ Both report the same instants, taken by the same clock (``time.time``) in the pr
 * **between epochs**: from the end of an epoch's validation to the end of the next epoch's
   first batch, minus that batch's share (the median training step), so what remains is what
   happens between the epochs (figures, checkpoints, loader start-up);
-* **wall**: the whole command, process start to exit.
+* **wall**: the whole command, process start to exit;
+* **CPU**: the user + system seconds of the process and its loader workers (what the job costs
+  one core; less sensitive than wall time to other work on the machine). ``--threads N`` runs
+  every process with ``OMP_NUM_THREADS=N``.
 
 With ``--fresh-workers`` the command also runs with ``--data.persistent_workers=false`` (new
 training workers every epoch, the default before issue 20's per-sample seeds). With
@@ -22,7 +25,7 @@ training workers every epoch, the default before issue 20's per-sample seeds). W
 an interpreter that imports ``timm``) the same job also runs through timm's training script,
 the fastest peer the issue measured: its model, loader and transforms, ``--no-prefetcher`` on
 the CPU, no label smoothing or colour jitter (the other two apply neither), a checkpoint per
-epoch as it always writes. Only its wall time is taken: the script is run unchanged.
+epoch as it always writes. Only its wall and CPU times are taken: the script is run unchanged.
 
     python benchmarks/end_to_end.py            # about 2-4 minutes on 2 idle cores
     python benchmarks/end_to_end.py --quick    # a smoke run
@@ -34,6 +37,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -215,6 +219,12 @@ def _timm_command(data: Path, out: Path, args: Any) -> list[str]:
     ]  # fmt: skip
 
 
+def _children_cpu() -> float:
+    """User + system CPU seconds of the finished child processes (their workers included)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _run(kind: str, data: Path, scratch: Path, args: Any) -> dict[str, float]:
     """One process; its wall time, start-up and between-epoch times (seconds)."""
     cwd = Path(tempfile.mkdtemp(dir=scratch, prefix=f"{kind}-"))
@@ -224,6 +234,7 @@ def _run(kind: str, data: Path, scratch: Path, args: Any) -> dict[str, float]:
         PROBE_ENV: str(probe),
         "PYTHONPATH": os.pathsep.join([str(scratch), os.environ.get("PYTHONPATH", "")]),
         "PYTHONWARNINGS": "ignore",
+        **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}),
     }
     command = {
         "plain": lambda: _plain_command(data, cwd, args),
@@ -232,16 +243,16 @@ def _run(kind: str, data: Path, scratch: Path, args: Any) -> dict[str, float]:
         "timm": lambda: _timm_command(data, cwd, args),
     }[kind]()
     env[START_ENV] = repr(time.time())
-    began = time.time()
+    began, used = time.time(), _children_cpu()
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
-    wall = time.time() - began
+    wall, cpu = time.time() - began, _children_cpu() - used
     if result.returncode != 0:
         raise SystemExit(f"{kind} failed:\n{result.stderr[-3000:]}")
     if kind == "timm":  # run unchanged: no probe, only its wall time
         nan = float("nan")
         lines = len(result.stdout.splitlines()) + len(result.stderr.splitlines())
-        return {"wall_s": wall, "startup_s": nan, "between_epochs_s": nan, "step_s": nan,
-                "stdout_lines": lines}  # fmt: skip
+        return {"wall_s": wall, "cpu_s": cpu, "startup_s": nan, "between_epochs_s": nan,
+                "step_s": nan, "stdout_lines": lines}  # fmt: skip
     events = json.loads(probe.read_text())
     step = statistics.median(events["steps"]) if events["steps"] else 0.0
     epochs = events["epochs"]
@@ -251,6 +262,7 @@ def _run(kind: str, data: Path, scratch: Path, args: Any) -> dict[str, float]:
     ]
     return {
         "wall_s": wall,
+        "cpu_s": cpu,
         "startup_s": epochs[0]["first_batch_end"] - events["start"],
         "between_epochs_s": statistics.median(between),
         "step_s": step,
@@ -309,18 +321,20 @@ def main() -> None:
             runs[kind].append(_run(kind, data, scratch, args))
             last = runs[kind][-1]
             print(
-                f"  {kind:5s} wall {last['wall_s']:6.1f} s  start-up {last['startup_s']:5.1f} s  "
+                f"  {kind:5s} wall {last['wall_s']:6.1f} s  CPU {last['cpu_s']:6.1f} s  "
+                f"start-up {last['startup_s']:5.1f} s  "
                 f"between epochs {last['between_epochs_s']:5.2f} s  step {last['step_s']:.3f} s  "
                 f"({last['stdout_lines']} stdout lines)",
                 flush=True,
             )
 
-    def wall_ratio(kind: str, baseline: str) -> dict[str, float]:
-        """``kind``'s wall time over ``baseline``'s, run by run (both ran equally often)."""
+    def wall_ratio(kind: str, baseline: str, key: str = "wall_s") -> dict[str, float]:
+        """``kind``'s wall (or CPU) time over ``baseline``'s, run by run (both ran equally
+        often)."""
         pairs = zip(runs[baseline], runs[kind], strict=True)
-        return summarize([k["wall_s"] / b["wall_s"] for b, k in pairs])
+        return summarize([k[key] / b[key] for b, k in pairs])
 
-    keys = ("wall_s", "startup_s", "between_epochs_s", "step_s")
+    keys = ("wall_s", "cpu_s", "startup_s", "between_epochs_s", "step_s")
     summary = {kind: {k: summarize([r[k] for r in rs]) for k in keys} for kind, rs in runs.items()}
     titles = {
         "plain": "plain loop (floor)",
@@ -331,7 +345,9 @@ def main() -> None:
     rows = [
         [label, *(fmt(summary[kind][k], " s", 2) for kind in kinds)]
         for label, k in zip(
-            ("wall", "start-up", "between epochs", "training step"), keys, strict=True
+            ("wall", "CPU (all processes)", "start-up", "between epochs", "training step"),
+            keys,
+            strict=True,
         )
     ]
     print()
@@ -339,8 +355,10 @@ def main() -> None:
     ratio = wall_ratio("fit", "plain")
     print(f"\nfit / plain wall time: {fmt(ratio, 'x', 2)} (per ABBA pair)")
     peer_ratio = wall_ratio("fit", "timm") if args.timm_train else None
+    peer_cpu = wall_ratio("fit", "timm", "cpu_s") if args.timm_train else None
     if peer_ratio is not None:
         print(f"fit / timm wall time: {fmt(peer_ratio, 'x', 2)} (per round)")
+        print(f"fit / timm CPU time: {fmt(peer_cpu, 'x', 2)} (per round)")
     if args.fresh_workers:
         fresh = wall_ratio("fit-fw", "plain")
         print(f"fit with fresh workers each epoch / plain wall time: {fmt(fresh, 'x', 2)}")
@@ -352,6 +370,7 @@ def main() -> None:
         {
             "ratio_wall": ratio,
             "ratio_wall_timm": peer_ratio,
+            "ratio_cpu_timm": peer_cpu,
             **summary,
             "runs": runs,
             "job": {
