@@ -12,13 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 # One compute thread per test process under pytest-xdist (and for the subprocesses tests start):
 # with two workers on two cores, two threads each would oversubscribe the cores, and OpenMP's
-# spinning threads then slow every test down several-fold.
+# spinning threads then slow every test down several-fold. torch is imported here only in the
+# workers: the xdist controller runs no test and would spend ~1.7 s of CPU importing it.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
     torch.set_num_threads(1)
 else:
     os.environ.setdefault("OMP_NUM_THREADS", "2")

@@ -121,8 +121,9 @@ def test_checkpoint_hparams_cannot_import_or_build_classes(
 
 @pytest.mark.slow
 def test_two_fits_started_at_once_get_their_own_run_folders(tmp_path: Path) -> None:
-    args = [*TINY, "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]
-    processes = [start(SCRIPT, "fit", *args, cwd=tmp_path) for _ in range(2)]
+    # TINY's limits: on the command line "--trainer.limit_train_batches=1" is the float 1.0, the
+    # whole split (41 digits batches), not one batch.
+    processes = [start(SCRIPT, "fit", *TINY, cwd=tmp_path) for _ in range(2)]
     for process in processes:
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr[-3000:]
