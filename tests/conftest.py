@@ -46,6 +46,18 @@ def fitted_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cwd
 
 
+@pytest.fixture(scope="session")
+def readme_quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder where the README's quick start command ran as written (see
+    ``helpers.cli.run_readme_quickstart``): once per session, also under xdist, for
+    test_cli.py (what it trained) and test_run_output.py (what it printed to a pipe). Read it,
+    do not change it."""
+    from helpers.cli import run_readme_quickstart
+    from helpers.shared import once_per_session
+
+    return once_per_session(tmp_path_factory, "readme-quickstart", run_readme_quickstart)
+
+
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass

@@ -10,6 +10,7 @@ import io
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -249,6 +250,32 @@ def hparams_trials(logdir: Path) -> dict[str, dict[str, float]]:
         for group in response.session_groups
         for session in group.sessions
     }
+
+
+def readme_quickstart() -> str:
+    """The README's first shell block's training command, as written."""
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", readme, re.DOTALL).group(1)
+    commands = [c.strip() for c in block.replace("\\\n", " ").split("&&")]
+    (train,) = [c for c in commands if "lit-classifiers fit" in c]
+    return train
+
+
+def run_readme_quickstart(folder: Path) -> None:
+    """Run :func:`readme_quickstart` in ``folder`` as a reader would: through bash, from a folder
+    holding ``configs/`` and a ``.venv/bin`` that is this interpreter's, its output to a pipe
+    and Python's warnings shown (``PYTHONWARNINGS=default``); ``returncode``, ``stdout`` and
+    ``stderr`` are written beside what it trained (``runs/``)."""
+    shutil.copytree(CONFIGS, folder / "configs")
+    (folder / ".venv").mkdir()
+    (folder / ".venv" / "bin").symlink_to(Path(sys.executable).parent)
+    result = run(
+        "bash", "-c", readme_quickstart(), cwd=folder, check=False,
+        env=cli_env(PYTHONWARNINGS="default"),
+    )  # fmt: skip
+    (folder / "returncode").write_text(str(result.returncode))
+    (folder / "stdout").write_text(result.stdout)
+    (folder / "stderr").write_text(result.stderr)
 
 
 def run_dirs(cwd: Path, name: str = "digits-resnet20") -> list[Path]:
