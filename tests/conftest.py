@@ -58,6 +58,17 @@ def readme_quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return once_per_session(tmp_path_factory, "readme-quickstart", run_readme_quickstart)
 
 
+@pytest.fixture(scope="session")
+def fresh_interpreter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of the one fresh interpreter that checks what a new process imports for three
+    modules (see ``helpers.fresh``): once per session, also under xdist. Read it, do not change
+    it."""
+    from helpers.fresh import run_fresh_interpreter
+    from helpers.shared import once_per_session
+
+    return once_per_session(tmp_path_factory, "fresh-interpreter", run_fresh_interpreter)
+
+
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass

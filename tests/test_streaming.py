@@ -33,6 +33,7 @@ from helpers.data import (
     synset_mapping_text,
     write_stl10,
 )
+from helpers.fresh import read_report
 from PIL import Image
 
 pytest.importorskip("litdata")
@@ -534,15 +535,12 @@ def test_prepare_refuses_to_write_into_the_data(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# slow: a fresh interpreter: what it imported is the point
+# slow: a fresh interpreter: what it imported is the point (one for the import checks of three
+# modules, helpers/fresh.py)
 @pytest.mark.slow
-def test_importing_the_datamodules_does_not_import_litdata() -> None:
+def test_importing_the_datamodules_does_not_import_litdata(fresh_interpreter: Path) -> None:
     """litdata is an extra: ``import datamodules`` (every CLI start) neither needs nor loads it."""
-    code = "import sys, datamodules; print('litdata' in sys.modules)"
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
-    )
-    assert result.stdout.strip() == "False", result.stderr[-2000:]
+    assert read_report(fresh_interpreter)["litdata_after_import_datamodules"] is False
 
 
 def test_the_command_line(tmp_path: Path) -> None:

@@ -158,6 +158,18 @@ def sgd(params: Any) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-4)
 
 
+def fit_registered(folder: Path, backbone: str, num_classes: int) -> Path:
+    """A checkpoint of one training step of a registered backbone, written by its trainer."""
+    from lit_classifiers.module import ClassifierModule
+
+    model = ClassifierModule(backbone, num_classes=num_classes, optimizer=sgd)
+    trainer = make_trainer(max_steps=1)
+    trainer.fit(model, make_loader(4))
+    path = folder / f"{backbone}-{num_classes}.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
 def run_two_ranks(script: Path, *args: str | Path, out_dir: Path, timeout: int = 300) -> list[Any]:
     """Run ``script`` (whose Trainer launches two gloo DDP ranks on the CPU) in a new process and
     return what each rank wrote to ``out_dir/rank{0,1}.json``."""
