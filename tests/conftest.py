@@ -69,6 +69,17 @@ def fresh_interpreter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return once_per_session(tmp_path_factory, "fresh-interpreter", run_fresh_interpreter)
 
 
+@pytest.fixture(scope="session")
+def two_rank_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of the one two-rank DDP launch of test_module_ddp.py, test_eval_protocols.py
+    and test_streaming.py (see ``helpers.ddp``): once per session, also under xdist. Read it, do
+    not change it."""
+    from helpers.ddp import run_two_rank_job
+    from helpers.shared import once_per_session
+
+    return once_per_session(tmp_path_factory, "two-rank-job", run_two_rank_job)
+
+
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass

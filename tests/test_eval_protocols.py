@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,8 @@ import pytest
 import sklearn.datasets
 import torch
 from helpers.cli import TINY, run_cli, run_dirs, scalars
-from helpers.modules import TinyNet, make_trainer, run_two_ranks
+from helpers.ddp import read_ranks
+from helpers.modules import TinyNet, make_trainer
 from PIL import Image
 from torchvision.models import ResNet50_Weights
 from torchvision.transforms import Resize, TenCrop
@@ -330,13 +330,13 @@ def test_test_and_predict_average_the_views(tmp_path: Path, protocol: str) -> No
 PROTOCOLS = ("center", "ten_crop", "dense:16,24")
 
 
+# slow: two DDP processes (one launch shared with test_module_ddp.py and test_streaming.py,
+# helpers/ddp.py)
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
-def test_two_processes_match_one_process(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    write_tiny_folder(data, count=37)  # 37: divisible by neither the batch size nor 2 processes
-    state_path = tmp_path / "state.pt"
-    torch.save(tiny_model().state_dict(), state_path)
+def test_two_processes_match_one_process(two_rank_job: Path) -> None:
+    ranks = read_ranks(two_rank_job, "protocols")
+    data, state_path = two_rank_job / "protocols" / "data", two_rank_job / "protocols" / "state.pt"
 
     single = {}
     trainer = make_trainer()
@@ -345,8 +345,6 @@ def test_two_processes_match_one_process(tmp_path: Path) -> None:
         model.load_state_dict(torch.load(state_path, weights_only=True))
         dm = tiny_datamodule(data, eval_protocol=protocol)
         single[protocol] = trainer.test(model, datamodule=dm, verbose=False)[0]
-
-    ranks = run_two_ranks(Path(__file__), "ddp-test", data, state_path, tmp_path, out_dir=tmp_path)
 
     for protocol in PROTOCOLS:
         if protocol != "center":  # the protocol took effect: its loss is not the centre crop's
@@ -360,11 +358,17 @@ def test_two_processes_match_one_process(tmp_path: Path) -> None:
             assert multi["test/loss"] == pytest.approx(single[protocol]["test/loss"], abs=1e-6)
 
 
-def _ddp_test_main(data: str, state_path: str, out_dir: str) -> None:
-    """Each protocol on two gloo processes; Lightning starts rank 1 by running this file again."""
-    from lightning.pytorch.callbacks import Callback
+# The two-process part of helpers/ddp.py's launch.
+def ddp_prepare(folder: Path) -> list[Path]:
+    """37 images (divisible by neither the batch size nor 2 processes) and the weights."""
+    write_tiny_folder(folder / "data", count=37)
+    torch.save(tiny_model().state_dict(), folder / "state.pt")
+    return [folder / "data", folder / "state.pt", folder]
 
-    torch.set_num_threads(1)
+
+def ddp_main(data: str, state_path: str, out_dir: str) -> None:
+    """Each protocol on two gloo processes; each rank writes its metrics and image counts."""
+    from lightning.pytorch.callbacks import Callback
 
     class SeenImages(Callback):
         def __init__(self) -> None:
@@ -416,11 +420,6 @@ def test_cli_test_with_dense_protocol(fitted_run: Path, tmp_path: Path) -> None:
     assert logged["test/acc1"] == pytest.approx(dense["test/acc1"], abs=1e-6)
     assert logged["test/loss"] == pytest.approx(dense["test/loss"], abs=1e-5)
     assert dense["test/loss"] != pytest.approx(center["test/loss"], abs=1e-4)
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["ddp-test"]:
-        _ddp_test_main(*sys.argv[2:5])
 
 
 @pytest.mark.slow

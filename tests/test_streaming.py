@@ -33,6 +33,7 @@ from helpers.data import (
     synset_mapping_text,
     write_stl10,
 )
+from helpers.ddp import read_ranks
 from helpers.fresh import read_report
 from PIL import Image
 
@@ -258,22 +259,6 @@ def test_a_url_streams_through_the_cache(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------
 # DDP: two processes evaluate every image once and agree with one process.
-def _ddp_eval_main(input_dir: str, state_path: str, out_dir: str) -> None:
-    from helpers.modules import TinyNet, make_trainer
-
-    from lit_classifiers.module import ClassifierModule
-
-    torch.set_num_threads(1)
-    recorder = Recording(input_dir, image_size=8, batch_size=4, num_workers=2)
-    model = ClassifierModule(TinyNet(num_classes=3), num_classes=3)
-    model.load_state_dict(torch.load(state_path, weights_only=True))
-    trainer = make_trainer(devices=2, strategy="ddp")
-    val = trainer.validate(model, datamodule=recorder, verbose=False)[0]
-    test = trainer.test(model, datamodule=recorder, verbose=False)[0]
-    result = {"val": val, "test": test, "seen": recorder.seen}
-    Path(out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
-
-
 class Recording(StreamingDataModule):
     """Records the (fingerprint, label) of every image a stage receives, before normalising."""
 
@@ -294,29 +279,25 @@ class Recording(StreamingDataModule):
         return super().on_after_batch_transfer(batch, dataloader_idx)
 
 
+# slow: two DDP processes (one launch shared with test_module_ddp.py and test_eval_protocols.py,
+# helpers/ddp.py)
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
-def test_two_processes_evaluate_every_image_once(tmp_path: Path) -> None:
-    from helpers.modules import TinyNet, make_trainer, run_two_ranks
+def test_two_processes_evaluate_every_image_once(two_rank_job: Path) -> None:
+    from helpers.modules import TinyNet, make_trainer
 
     from lit_classifiers.module import ClassifierModule
 
-    # 21 val and 7 test images in batches of 4 over 2 processes x 2 workers: divisible by
-    # neither the batch size nor the number of processes. 7 is fewer than one batch per rank:
-    # split a batch at a time (litdata's default), rank 0 would get none and the metrics'
-    # synchronisation would wait for it forever.
-    data = unique_folder(tmp_path / "photos", {"train": 6, "val": 21, "test": 7})
-    out = convert(ImageFolderDataModule(str(data), num_workers=0), tmp_path / "lit")
-    torch.manual_seed(3)
+    ranks = read_ranks(two_rank_job, "streaming")
     model = ClassifierModule(TinyNet(num_classes=3), num_classes=3)
-    torch.save(model.state_dict(), tmp_path / "state.pt")
+    model.load_state_dict(torch.load(two_rank_job / "streaming" / "state.pt", weights_only=True))
 
-    single = Recording(str(out), image_size=8, batch_size=4, num_workers=2)
+    single = Recording(
+        str(two_rank_job / "streaming" / "lit"), image_size=8, batch_size=4, num_workers=2
+    )
     trainer = make_trainer()
     single_val = trainer.validate(model, datamodule=single, verbose=False)[0]
     single_test = trainer.test(model, datamodule=single, verbose=False)[0]
-
-    ranks = run_two_ranks(THIS, "ddp-eval", out, tmp_path / "state.pt", tmp_path, out_dir=tmp_path)
 
     for stage, count in (("validate", 21), ("test", 7)):
         per_rank = [[tuple(s) for s in rank["seen"][stage]] for rank in ranks]
@@ -332,6 +313,40 @@ def test_two_processes_evaluate_every_image_once(tmp_path: Path) -> None:
             assert multi[f"{stage}/acc1"] == reference[f"{stage}/acc1"]
             assert multi[f"{stage}/acc5"] == reference[f"{stage}/acc5"]
             assert multi[f"{stage}/loss"] == pytest.approx(reference[f"{stage}/loss"], abs=1e-6)
+
+
+# The two-process part of helpers/ddp.py's launch.
+def ddp_prepare(folder: Path) -> list[Path]:
+    """21 val and 7 test images in batches of 4 over 2 processes x 2 workers: divisible by
+    neither the batch size nor the number of processes. 7 is fewer than one batch per rank:
+    split a batch at a time (litdata's default), rank 0 would get none and the metrics'
+    synchronisation would wait for it forever."""
+    from helpers.modules import TinyNet
+
+    from lit_classifiers.module import ClassifierModule
+
+    data = unique_folder(folder / "photos", {"train": 6, "val": 21, "test": 7})
+    out = convert(ImageFolderDataModule(str(data), num_workers=0), folder / "lit")
+    torch.manual_seed(3)
+    model = ClassifierModule(TinyNet(num_classes=3), num_classes=3)
+    torch.save(model.state_dict(), folder / "state.pt")
+    return [out, folder / "state.pt", folder]
+
+
+def ddp_main(input_dir: str, state_path: str, out_dir: str) -> None:
+    """Validate and test on two ranks; each writes its metrics and the images it saw."""
+    from helpers.modules import TinyNet, make_trainer
+
+    from lit_classifiers.module import ClassifierModule
+
+    recorder = Recording(input_dir, image_size=8, batch_size=4, num_workers=2)
+    model = ClassifierModule(TinyNet(num_classes=3), num_classes=3)
+    model.load_state_dict(torch.load(state_path, weights_only=True))
+    trainer = make_trainer(devices=2, strategy="ddp")
+    val = trainer.validate(model, datamodule=recorder, verbose=False)[0]
+    test = trainer.test(model, datamodule=recorder, verbose=False)[0]
+    result = {"val": val, "test": test, "seen": recorder.seen}
+    Path(out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -573,8 +588,6 @@ def test_the_command_line(tmp_path: Path) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "ddp-eval":
-        _ddp_eval_main(*sys.argv[2:5])
-    elif sys.argv[1] == "fit-killed":
+    if sys.argv[1] == "fit-killed":
         base = Path(sys.argv[3])
         _fit(sys.argv[2], base / "checkpoints", base / "killed.jsonl")

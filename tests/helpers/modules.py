@@ -1,12 +1,8 @@
-"""Small data, networks and trainers for the ClassifierModule tests (and their DDP script)."""
+"""Small data, networks and trainers for the ClassifierModule tests."""
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -168,59 +164,3 @@ def fit_registered(folder: Path, backbone: str, num_classes: int) -> Path:
     path = folder / f"{backbone}-{num_classes}.ckpt"
     trainer.save_checkpoint(path)
     return path
-
-
-def run_two_ranks(script: Path, *args: str | Path, out_dir: Path, timeout: int = 300) -> list[Any]:
-    """Run ``script`` (whose Trainer launches two gloo DDP ranks on the CPU) in a new process and
-    return what each rank wrote to ``out_dir/rank{0,1}.json``."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    env.pop("LOCAL_RANK", None)  # a test run under a launcher must not make this rank 1
-    process = subprocess.run(
-        [sys.executable, str(script), *map(str, args)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-5000:]
-    return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in (0, 1)]
-
-
-# ------------------------------------------------------------------------------------------------
-# The two-process evaluation run of test_module_ddp.py. Lightning's DDP launcher starts rank 1 by
-# running this file again with the same arguments, which pytest could not do for a test function.
-def _ddp_eval_main(state_path: str, out_dir: str) -> None:
-    from lightning.pytorch.callbacks import Callback
-
-    from lit_classifiers.module import ClassifierModule
-
-    torch.set_num_threads(1)
-
-    class SeenSamples(Callback):
-        def __init__(self) -> None:
-            self.seen = {"validate": 0, "test": 0}
-            self.samplers: list[str] = []
-
-        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, *args) -> None:
-            self.seen["validate"] += len(batch[1])
-            if not self.samplers:
-                self.samplers.append(type(trainer.val_dataloaders.sampler).__name__)
-
-        def on_test_batch_end(self, trainer, pl_module, outputs, batch, *args) -> None:
-            self.seen["test"] += len(batch[1])
-
-    model = ClassifierModule(TinyNet(), num_classes=NUM_CLASSES, class_names=CLASS_NAMES)
-    model.load_state_dict(torch.load(state_path, weights_only=True))
-    seen = SeenSamples()
-    trainer = make_trainer(devices=2, strategy="ddp", callbacks=[seen])
-    val = trainer.validate(model, make_loader(37, batch_size=4), verbose=False)[0]
-    test = trainer.test(model, make_loader(37, batch_size=4), verbose=False)[0]
-    result = {"val": val, "test": test, "seen": seen.seen, "samplers": seen.samplers}
-    Path(out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
-
-
-if __name__ == "__main__":
-    import sys
-
-    if sys.argv[1:2] == ["ddp-eval"]:
-        _ddp_eval_main(sys.argv[2], sys.argv[3])
