@@ -18,7 +18,7 @@ import sklearn.datasets
 import torch
 from helpers.cli import TINY, run_cli, run_dirs, scalars
 from helpers.ddp import read_ranks
-from helpers.modules import TinyNet, make_trainer
+from helpers.modules import TinyNet, make_trainer, quick_backbone
 from PIL import Image
 from torchvision.models import ResNet50_Weights
 from torchvision.transforms import Resize, TenCrop
@@ -41,7 +41,6 @@ from datamodules.eval_views import (
 )
 from lit_classifiers.eval_protocols import convolutional_head, dense_logits, protocol_logits
 from lit_classifiers.module import ClassifierModule
-from lit_classifiers.registry import create_backbone
 
 PHOTOS = Path(sklearn.datasets.__file__).parent / "images"
 NUM_CLASSES = 5
@@ -165,8 +164,7 @@ def test_dense_views_are_the_whole_image_at_each_scale_and_mirrored(photos: dict
 # ------------------------------------------------------------------------------ model side
 @pytest.fixture(scope="module")
 def fc_networks() -> dict[str, torch.nn.Module]:
-    torch.manual_seed(0)
-    return {name: create_backbone(name, NUM_CLASSES).eval() for name in ("vgg11", "alexnet")}
+    return {name: quick_backbone(name, NUM_CLASSES).eval() for name in ("vgg11", "alexnet")}
 
 
 @pytest.mark.parametrize("name, channels, kernel", [("vgg11", 512, 7), ("alexnet", 256, 6)])
@@ -198,11 +196,7 @@ def test_fc_as_conv_head_equals_the_linear_head(fc_networks, name, channels, ker
     [pytest.param("vgg11", 224, marks=pytest.mark.slow), ("alexnet", 227), ("resnet18", 224)],
 )
 def test_dense_at_the_crop_size_gives_the_plain_forward(fc_networks, photos, name, size) -> None:
-    if name in fc_networks:
-        net = fc_networks[name]
-    else:
-        torch.manual_seed(0)
-        net = create_backbone(name, NUM_CLASSES).eval()
+    net = fc_networks[name] if name in fc_networks else quick_backbone(name, NUM_CLASSES).eval()
     # On a square photo, the whole image at Q = crop size is the centre crop.
     pair = DenseViews((size,))(str(photos["square"]))[0]
     crop = ExactCenterCrop(size, size)(str(photos["square"]))
