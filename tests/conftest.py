@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,6 +102,22 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_warning_recorded(warning_message: warnings.WarningMessage) -> None:
+    """Under xdist a worker sends each warning it recorded to the controller, which rebuilds the
+    warning's class by importing its module to list it in the summary: Lightning's and torch's
+    warning classes would have the controller import both (~4 s of CPU in a process that runs
+    no test). A worker hands such a warning on as its builtin base class instead, the text
+    prefixed with the class's full name, before xdist sends it."""
+    category = warning_message.category
+    if not os.environ.get("PYTEST_XDIST_WORKER") or category.__module__ == "builtins":
+        return
+    base = next(c for c in category.__mro__ if c.__module__ == "builtins")
+    name = f"{category.__module__}.{category.__qualname__}"
+    warning_message.message = base(f"{name}: {warning_message.message}")
+    warning_message.category = base
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
