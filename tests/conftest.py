@@ -3,6 +3,7 @@ tiny networks, running the CLI) live in the ``helpers`` package beside this file
 
 import atexit
 import functools
+import gc
 import http.server
 import os
 import shutil
@@ -118,6 +119,14 @@ def pytest_warning_recorded(warning_message: warnings.WarningMessage) -> None:
     name = f"{category.__module__}.{category.__qualname__}"
     warning_message.message = base(f"{name}: {warning_message.message}")
     warning_message.category = base
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What collection imported (torch, Lightning, jsonargparse, the test modules: ~650k objects)
+    lives as long as the process: out of the collector's sight, each full collection during the
+    tests scans only what the tests made (~0.25 s -> a few ms; ~8 s of CPU in the fast tier)."""
+    gc.collect()
+    gc.freeze()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
