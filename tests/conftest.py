@@ -39,13 +39,15 @@ if "LIT_CLASSIFIERS_CACHE" not in os.environ:
 @pytest.fixture(scope="session")
 def fitted_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The working folder of one short CLI ``fit`` on the digits, whose run is
-    ``runs/digits-resnet20/version_0``. Shared by the tests of a worker: read it, do not change it.
+    ``runs/digits-resnet20/version_0``: once per session, also under xdist (see
+    ``helpers.shared``). Shared by the tests: read it, do not change it.
     """
     from helpers.cli import TINY, run_cli
+    from helpers.shared import once_per_session
 
-    cwd = tmp_path_factory.mktemp("fitted_run")
-    run_cli("fit", *TINY, cwd=cwd)
-    return cwd
+    return once_per_session(
+        tmp_path_factory, "fitted-run", lambda cwd: run_cli("fit", *TINY, cwd=cwd)
+    )
 
 
 @pytest.fixture(scope="session")

@@ -105,14 +105,23 @@ def stream(out: Path, **kwargs: Any) -> StreamingDataModule:
 
 
 # ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_conversion(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An image folder and its conversion, made once for the tests that only read them."""
+    root = tmp_path_factory.mktemp("small")
+    data = unique_folder(root / "photos", {"train": 3, "val": 3, "test": 5})
+    return data, convert(
+        ImageFolderDataModule(str(data), image_size=8, num_workers=0), root / "lit"
+    )
+
+
 @pytest.mark.parametrize("protocol", ["ten_crop", "dense:8,12"])
 def test_streamed_eval_protocol_views_equal_the_folder_datamodules(
-    tmp_path: Path, protocol: str
+    small_conversion: tuple[Path, Path], protocol: str
 ) -> None:
     """``eval_protocol`` is the streaming datamodule's own argument too: its test batches hold
     the same views as the image folder's it was converted from."""
-    data = unique_folder(tmp_path / "photos", {"train": 3, "val": 3, "test": 5})
-    out = convert(ImageFolderDataModule(str(data), image_size=8, num_workers=0), tmp_path / "lit")
+    data, out = small_conversion
     folder = ImageFolderDataModule(
         str(data), image_size=8, batch_size=4, num_workers=0, eval_protocol=protocol
     )
@@ -245,11 +254,12 @@ def test_stl10_is_stored_raw_and_streams_its_pixels(tmp_path: Path) -> None:
     assert repr(data_module.train_transform.transform) == repr(reference.train_transform)
 
 
-def test_a_url_streams_through_the_cache(tmp_path: Path) -> None:
+def test_a_url_streams_through_the_cache(
+    small_conversion: tuple[Path, Path], tmp_path: Path
+) -> None:
     """``local:`` is litdata's URL for a local folder read like a remote one: chunks are copied
     into ``cache_dir``, as they would be downloaded from s3:// or gs://."""
-    data = unique_folder(tmp_path / "photos", {"train": 9, "val": 7})
-    out = convert(ImageFolderDataModule(str(data), num_workers=0), tmp_path / "lit")
+    _, out = small_conversion
     local = stream(out)
     remote = stream(f"local:{out}", cache_dir=str(tmp_path / "cache"))
     assert remote.class_names == local.class_names
