@@ -64,9 +64,9 @@ def readme_quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def fresh_interpreter(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The folder of the one fresh interpreter that checks what a new process imports for three
-    modules (see ``helpers.fresh``): once per session, also under xdist. Read it, do not change
-    it."""
+    """The folder of the one fresh interpreter that checks what a new process imports or warns,
+    for four modules (see ``helpers.fresh``): once per session, also under xdist. Read it, do
+    not change it."""
     from helpers.fresh import run_fresh_interpreter
     from helpers.shared import once_per_session
 

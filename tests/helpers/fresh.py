@@ -1,16 +1,20 @@
-"""One fresh interpreter for the checks of what a new process imports, each made and reported on
-its own, in the order that keeps each one's process as fresh as it needs:
+"""One fresh interpreter for the checks of what a new process imports or warns, each made and
+reported on its own, in the order that keeps each one's process as fresh as it needs:
 
 1. ``import datamodules`` (every CLI start) neither needs nor loads litdata (test_streaming.py);
-2. ``prepare``'s conversion never imports the model package (test_prepare_processes.py);
-3. ``ClassifierModule.load_from_checkpoint`` refuses dangerous hyperparameters before importing
+2. the decoder's fast path raises no warning in a process started with ``-W error``
+   (test_decoding_fast.py);
+3. ``prepare``'s conversion never imports the model package (test_prepare_processes.py);
+4. ``ClassifierModule.load_from_checkpoint`` refuses dangerous hyperparameters before importing
    anything they name (test_checkpoint_io.py).
 
-Each step only adds to what the process has imported: litdata comes with step 2, after step 1
-looked; lit_classifiers with step 3, after step 2 looked; nothing imports ``this`` but a
-checkpoint that step 3 refuses. A new interpreter costs ~5 s of imports (torch, Lightning): one
-for the three instead of one each. Run by the session fixture ``fresh_interpreter``
-(conftest.py), once per session, also under xdist.
+The process starts with ``-W error``, as step 2 needs from its first import on, and step 1 is
+that first import; steps 3 and 4 then run as in a process started without it (its filter is
+dropped). Each step only adds to what the process has imported: litdata comes with step 3,
+after step 1 looked; lit_classifiers with step 4, after step 3 looked; nothing imports ``this``
+but a checkpoint that step 4 refuses. A new interpreter costs ~5 s of imports (torch,
+Lightning): one for the four instead of one each. Run by the session fixture
+``fresh_interpreter`` (conftest.py), once per session, also under xdist.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 
 import torch
 
-from helpers.data import jpeg_bytes, write
+from helpers.data import jpeg_bytes, noise_jpeg_bytes, write
 from helpers.modules import NUM_CLASSES, fit_registered
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,15 +43,42 @@ DANGEROUS_HPARAMS: dict[str, dict[str, Any]] = {
 }
 
 PROBE = """
-import json, sys, traceback
+import json, sys, traceback, warnings
 args = json.loads(sys.argv[1])
 report = {}
 
-# 1. What `import datamodules` loads, as the first import of the process.
-import datamodules
-report["litdata_after_import_datamodules"] = "litdata" in sys.modules
 
-# 2. A conversion, then which modules of the model package it imported.
+def without_error_filter():
+    # From here on, as in a process started without -W error: its filter goes; the catch-all
+    # "default" appended is what a warning that no filter matches gets anyway, and it tells the
+    # warnings machinery that the filters changed.
+    sys.warnoptions[:] = [option for option in sys.warnoptions if option != "error"]
+    warnings.filters[:] = [f for f in warnings.filters if f[:3] != ("error", None, Warning)]
+    warnings.simplefilter("default", append=True)
+
+
+# 1 and 2. Under -W error: `import datamodules` as the first import, then the fast path.
+try:
+    import datamodules
+except Exception:  # a warning of the import itself, raised: step 2 fails, step 1 goes on
+    report["fast_path"] = {"error": traceback.format_exc()}
+    without_error_filter()
+    import datamodules
+report["litdata_after_import_datamodules"] = "litdata" in sys.modules
+if "fast_path" not in report:
+    try:
+        from PIL import Image
+        from datamodules.decoding import decode_crop, decoder_for
+        box = (0, 0, 160, 120)
+        assert decoder_for(Image.open(args["jpeg"]), box, (128, 96)) == "torchvision"
+        decode_crop(args["jpeg"], lambda _: box, (128, 96))
+        decode_crop(open(args["jpeg"], "rb").read(), lambda _: box, (128, 96))
+        report["fast_path"] = {"error": None}
+    except Exception:
+        report["fast_path"] = {"error": traceback.format_exc()}
+    without_error_filter()
+
+# 3. A conversion, then which modules of the model package it imported.
 try:
     from datamodules import ImageFolderDataModule
     from datamodules.prepare import convert_datamodule
@@ -59,7 +90,7 @@ try:
 except Exception:
     report["prepare"] = {"error": traceback.format_exc()}
 
-# 3. Checkpoints loaded through the Python API; a refusal is a CheckpointError.
+# 4. Checkpoints loaded through the Python API; a refusal is a CheckpointError.
 try:
     from lit_classifiers.checkpoint_io import CheckpointError
     from lit_classifiers.module import ClassifierModule
@@ -79,7 +110,7 @@ print("REPORT " + json.dumps(report))
 
 
 def run_fresh_interpreter(folder: Path) -> None:
-    """Make the inputs of the three checks in ``folder``, run :data:`PROBE` on them in a new
+    """Make the inputs of the four checks in ``folder``, run :data:`PROBE` on them in a new
     interpreter and write its ``returncode``, ``stdout`` and ``stderr`` there."""
     for k in range(4):
         write(folder / "photos" / "train" / f"c{k % 2}" / f"{k}.jpg", jpeg_bytes(size=(8, 8)))
@@ -90,7 +121,9 @@ def run_fresh_interpreter(folder: Path) -> None:
         hparams = {**checkpoint["hyper_parameters"], **change}
         torch.save({**checkpoint, "hyper_parameters": hparams}, folder / f"{name}.ckpt")
         checkpoints.append(str(folder / f"{name}.ckpt"))
+    jpeg = write(folder / "noise.JPEG", noise_jpeg_bytes())
     args = {
+        "jpeg": str(jpeg),
         "photos": str(folder / "photos"),
         "lit": str(folder / "lit"),
         "checkpoints": checkpoints,
@@ -102,7 +135,7 @@ def run_fresh_interpreter(folder: Path) -> None:
         "PYTHONPATH": str(REPO),  # this checkout's datamodules and lit_classifiers
     }
     result = subprocess.run(
-        [sys.executable, "-c", PROBE, json.dumps(args)],
+        [sys.executable, "-W", "error", "-c", PROBE, json.dumps(args)],
         cwd=folder,
         env=env,
         capture_output=True,
