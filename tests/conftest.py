@@ -65,7 +65,7 @@ def readme_quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def fresh_interpreter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder of the one fresh interpreter that checks what a new process imports or warns,
-    for four modules (see ``helpers.fresh``): once per session, also under xdist. Read it, do
+    for five modules (see ``helpers.fresh``): once per session, also under xdist. Read it, do
     not change it."""
     from helpers.fresh import run_fresh_interpreter
     from helpers.shared import once_per_session

@@ -292,7 +292,7 @@ def test_hparams_a_cli_run_stores_pass_and_dangerous_ones_are_named(
         one_line(error)
 
 
-# slow: a fresh interpreter: what it imported is the point (one for the checks of four
+# slow: a fresh interpreter: what it imported is the point (one for the checks of five
 # modules, helpers/fresh.py)
 @pytest.mark.slow
 def test_dangerous_hparams_are_refused_before_any_import(fresh_interpreter: Path) -> None:

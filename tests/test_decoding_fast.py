@@ -251,7 +251,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path) -> None:
         RandomResizedCropDecode(8, backend="turbo")  # type: ignore[arg-type]
 
 
-# slow: a fresh interpreter with -W error (one for the checks of four modules,
+# slow: a fresh interpreter with -W error (one for the checks of five modules,
 # helpers/fresh.py)
 @pytest.mark.slow
 def test_the_fast_path_does_not_warn(fresh_interpreter: Path) -> None:

@@ -57,7 +57,7 @@ def test_a_wait_on_another_process_s_prepare_lock_is_announced(
     assert (root / "train").is_dir()  # and then prepared
 
 
-# slow: a fresh interpreter: which modules it imported is the point (one for the checks of four
+# slow: a fresh interpreter: which modules it imported is the point (one for the checks of five
 # modules, helpers/fresh.py)
 @pytest.mark.slow
 def test_prepare_never_imports_the_model_package(fresh_interpreter: Path) -> None:

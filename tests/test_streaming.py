@@ -560,7 +560,7 @@ def test_prepare_refuses_to_write_into_the_data(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# slow: a fresh interpreter: what it imported is the point (one for the checks of four
+# slow: a fresh interpreter: what it imported is the point (one for the checks of five
 # modules, helpers/fresh.py)
 @pytest.mark.slow
 def test_importing_the_datamodules_does_not_import_litdata(fresh_interpreter: Path) -> None:

@@ -6,21 +6,23 @@ reported on its own, in the order that keeps each one's process as fresh as it n
    (test_decoding_fast.py);
 3. ``prepare``'s conversion never imports the model package (test_prepare_processes.py);
 4. ``ClassifierModule.load_from_checkpoint`` refuses dangerous hyperparameters before importing
-   anything they name (test_checkpoint_io.py).
+   anything they name (test_checkpoint_io.py);
+5. the trainer each task of the SLURM example sets up (test_multinode.py): last, as each task
+   changes the process's environment, working folder and Lightning's rank.
 
 The process starts with ``-W error``, as step 2 needs from its first import on, and step 1 is
 that first import; steps 3 and 4 then run as in a process started without it (its filter is
 dropped). Each step only adds to what the process has imported: litdata comes with step 3,
 after step 1 looked; lit_classifiers with step 4, after step 3 looked; nothing imports ``this``
 but a checkpoint that step 4 refuses. A new interpreter costs ~5 s of imports (torch,
-Lightning): one for the four instead of one each. Run by the session fixture
+Lightning): one for the five instead of one each. Run by the session fixture
 ``fresh_interpreter`` (conftest.py), once per session, also under xdist.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +30,7 @@ from typing import Any
 
 import torch
 
+from helpers.cli import cli_env
 from helpers.data import jpeg_bytes, noise_jpeg_bytes, write
 from helpers.modules import NUM_CLASSES, fit_registered
 
@@ -43,7 +46,8 @@ DANGEROUS_HPARAMS: dict[str, dict[str, Any]] = {
 }
 
 PROBE = """
-import json, sys, traceback, warnings
+import json, os, sys, traceback, warnings
+START_ENV = dict(os.environ)
 args = json.loads(sys.argv[1])
 report = {}
 
@@ -104,14 +108,22 @@ try:
     report["checkpoints"] = {"results": loaded, "imported_this": "this" in sys.modules}
 except Exception:
     report["checkpoints"] = {"error": traceback.format_exc()}
+"""
+
+STEP_5 = """
+# 5. The SLURM tasks (slurm_tasks: test_multinode.SLURM_PROBE, above).
+try:
+    report["slurm"] = {"results": slurm_tasks(args["slurm"], START_ENV)}
+except Exception:
+    report["slurm"] = {"error": traceback.format_exc()}
 
 print("REPORT " + json.dumps(report))
 """
 
 
 def run_fresh_interpreter(folder: Path) -> None:
-    """Make the inputs of the four checks in ``folder``, run :data:`PROBE` on them in a new
-    interpreter and write its ``returncode``, ``stdout`` and ``stderr`` there."""
+    """Make the inputs of the five checks in ``folder``, run them (:data:`PROBE`, then the SLURM
+    step) in a new interpreter and write its ``returncode``, ``stdout`` and ``stderr`` there."""
     for k in range(4):
         write(folder / "photos" / "train" / f"c{k % 2}" / f"{k}.jpg", jpeg_bytes(size=(8, 8)))
     good = fit_registered(folder, "resnet20", NUM_CLASSES)
@@ -128,14 +140,20 @@ def run_fresh_interpreter(folder: Path) -> None:
         "lit": str(folder / "lit"),
         "checkpoints": checkpoints,
     }
-    env = {
-        **os.environ,
-        "PYTHONWARNINGS": "ignore",
-        "LIT_CLASSIFIERS_CACHE": str(folder / "cache"),
-        "PYTHONPATH": str(REPO),  # this checkout's datamodules and lit_classifiers
-    }
+    multinode = importlib.import_module("test_multinode")
+    (folder / "slurm").mkdir()
+    args["slurm"] = multinode.slurm_cases(folder / "slurm")
+    env = cli_env(
+        OMP_NUM_THREADS="1",
+        LIT_CLASSIFIERS_CACHE=str(folder / "cache"),
+        PYTHONPATH=str(REPO),  # this checkout's datamodules and lit_classifiers
+    )  # PYTHONWARNINGS=ignore
+    for name in [*multinode.LAUNCH_VARIABLES, "MASTER_PORT"]:  # no launcher's, no SLURM's
+        env.pop(name, None)
+    env = {name: value for name, value in env.items() if not name.startswith("SLURM_")}
+    script = PROBE + multinode.SLURM_PROBE + STEP_5
     result = subprocess.run(
-        [sys.executable, "-W", "error", "-c", PROBE, json.dumps(args)],
+        [sys.executable, "-W", "error", "-c", script, json.dumps(args)],
         cwd=folder,
         env=env,
         capture_output=True,
