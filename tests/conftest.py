@@ -52,9 +52,10 @@ def fitted_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def readme_quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The folder where the README's quick start command ran as written (see
-    ``helpers.cli.run_readme_quickstart``): once per session, also under xdist, for
-    test_cli.py (what it trained) and test_run_output.py (what it printed to a pipe). Read it,
+    """The folder where the README's quick start command ran as written, beside a TINY fit
+    started at the same moment (see ``helpers.cli.run_readme_quickstart``): once per session,
+    also under xdist, for test_cli.py (what the README's command trained), test_run_output.py
+    (what it printed to a pipe) and test_cli_hostile.py (the two fits' run folders). Read it,
     do not change it."""
     from helpers.cli import run_readme_quickstart
     from helpers.shared import once_per_session
