@@ -8,6 +8,7 @@ arXiv:1512.03385), quoted by section where they are used.
 import pytest
 import torch
 import torchvision
+from helpers.modules import quick_backbone, random_weights
 from torch import nn
 
 from lit_classifiers import create_backbone, get_backbone_info, list_backbones
@@ -52,10 +53,10 @@ def test_every_family_is_registered():
 @pytest.mark.parametrize("name", unless_deep(list(TORCHVISION)))
 def test_matches_torchvision(name):
     """Same parameter count; torchvision's state_dict loads strictly and gives the same logits."""
-    torch.manual_seed(0)
-    theirs = torchvision.models.get_model(TORCHVISION[name]).eval()
-    with torch.device("meta"):  # shapes only: torchvision's tensors are assigned below
+    with torch.device("meta"):  # shapes only: random tensors given to theirs, assigned to ours
+        theirs = torchvision.models.get_model(TORCHVISION[name])
         ours = create_backbone(name).eval()
+    theirs = random_weights(theirs).eval()  # any weights do: drawing torchvision's takes ~1 s
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
     ours.load_state_dict(theirs.state_dict(), strict=True, assign=True)
     x = torch.randn(2, 3, 64, 64)
@@ -353,7 +354,7 @@ def test_minimum_size_is_tight(name):
 
 def test_vgg_keeps_samples_apart_at_any_size():
     """The founding document's view(-1, 512*7*7) mixed samples at 96x96; ours must not."""
-    model = create_backbone("vgg11", 10).eval()
+    model = quick_backbone("vgg11", 10).eval()
     x = torch.randn(3, 3, 96, 96)
     with torch.no_grad():
         batched = model(x)
@@ -374,7 +375,7 @@ def test_other_input_channels(name):
 
 @pytest.mark.parametrize("name", FAMILY_REPRESENTATIVES)
 def test_features_and_classifier_api(name):
-    model = create_backbone(name, 7, dropout=0.0).eval()
+    model = quick_backbone(name, 7, dropout=0.0).eval()
     x = torch.randn(2, 3, 96, 96)
     features = model.forward_features(x)
     assert features.shape == (2, model.num_features)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,7 +13,8 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers.modules import NUM_CLASSES, TinyNet, make_loader, make_trainer, sgd
+from helpers.fresh import read_report
+from helpers.modules import NUM_CLASSES, TinyNet, fit_registered, make_loader, make_trainer, sgd
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -206,17 +206,8 @@ def test_unusable_checkpoint_files_give_one_line(
 
 
 # ------------------------------------------------------------------------------------------ fit
-def _fit_registered(tmp_path: Path, backbone: str, num_classes: int) -> Path:
-    model = ClassifierModule(backbone, num_classes=num_classes, optimizer=sgd)
-    trainer = make_trainer(max_steps=1)
-    trainer.fit(model, make_loader(4))
-    path = tmp_path / f"{backbone}-{num_classes}.ckpt"
-    trainer.save_checkpoint(path)
-    return path
-
-
 def test_checkpoint_of_another_model_gives_one_line(tmp_path: Path) -> None:
-    resnet20 = _fit_registered(tmp_path, "resnet20", NUM_CLASSES)
+    resnet20 = fit_registered(tmp_path, "resnet20", NUM_CLASSES)
     for model, expected in [
         (
             ClassifierModule("resnet32", num_classes=NUM_CLASSES),
@@ -301,48 +292,16 @@ def test_hparams_a_cli_run_stores_pass_and_dangerous_ones_are_named(
         one_line(error)
 
 
-SUBPROCESS_LOAD = """
-import json, sys
-from lit_classifiers.checkpoint_io import CheckpointError
-from lit_classifiers.module import ClassifierModule
-results = {}
-for path in sys.argv[1:]:
-    try:
-        ClassifierModule.load_from_checkpoint(path)
-        results[path] = "loaded"
-    except CheckpointError as error:
-        results[path] = str(error)
-print(json.dumps({"results": results, "imported_this": "this" in sys.modules}))
-"""
-
-
-# slow: a fresh interpreter: what it imported is the point
+# slow: a fresh interpreter: what it imported is the point (one for the checks of five
+# modules, helpers/fresh.py)
 @pytest.mark.slow
-def test_dangerous_hparams_are_refused_before_any_import(tmp_path: Path) -> None:
-    good = _fit_registered(tmp_path, "resnet20", NUM_CLASSES)
-    checkpoint = torch.load(good, weights_only=True)
-    paths = {}
-    for name, change in {
-        "class_path": {"backbone": {"class_path": "this.Foo", "init_args": {}}},
-        "instantiator": {"_instantiator": "this.Foo"},
-        "dotted_backbone": {"backbone": "torch.nn.Identity"},
-        "class_path_key": {"_class_path": "this.Foo"},
-    }.items():
-        hparams = {**checkpoint["hyper_parameters"], **change}
-        paths[name] = tmp_path / f"{name}.ckpt"
-        torch.save({**checkpoint, "hyper_parameters": hparams}, paths[name])
-    result = subprocess.run(
-        [sys.executable, "-c", SUBPROCESS_LOAD, str(good), *map(str, paths.values())],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Beautiful is better" not in result.stdout  # what importing `this` prints
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+def test_dangerous_hparams_are_refused_before_any_import(fresh_interpreter: Path) -> None:
+    report = read_report(fresh_interpreter)["checkpoints"]
+    assert "error" not in report, report.get("error")
+    assert "Beautiful is better" not in (fresh_interpreter / "stdout").read_text()  # `import this`
     assert report["imported_this"] is False
     results = report["results"]
+    good = fresh_interpreter / f"resnet20-{NUM_CLASSES}.ckpt"
     assert results[str(good)] == "loaded"
     for name, key in [
         ("class_path", "backbone="),
@@ -350,8 +309,9 @@ def test_dangerous_hparams_are_refused_before_any_import(tmp_path: Path) -> None
         ("dotted_backbone", "backbone='torch.nn.Identity' is not a registered backbone"),
         ("class_path_key", "_class_path='this.Foo'"),
     ]:
-        message = results[str(paths[name])]
-        assert str(paths[name]) in message and key in message and "\n" not in message, message
+        path = str(fresh_interpreter / f"{name}.ckpt")
+        message = results[path]
+        assert path in message and key in message and "\n" not in message, message
 
 
 # ------------------------------------------------------------------------------------------ wiring

@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from helpers.cli import (
-    SCRIPT,
     TINY,
     Case,
     assert_one_line_error,
     cli_env,
+    readme_quickstart_run_dir,
     run_cli,
     run_dirs,
     run_each,
     scalars,
-    start,
 )
 from PIL import Image
 
@@ -119,20 +119,25 @@ def test_checkpoint_hparams_cannot_import_or_build_classes(
         assert not runs.exists() or not list(runs.rglob("*.tfevents*")), name
 
 
+# slow: two console-script fits started at once: the README's quick start and a TINY fit, in
+# one folder (helpers.cli.run_readme_quickstart; the quick start's own checks are test_cli.py's)
 @pytest.mark.slow
-def test_two_fits_started_at_once_get_their_own_run_folders(tmp_path: Path) -> None:
-    args = [*TINY, "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]
-    processes = [start(SCRIPT, "fit", *args, cwd=tmp_path) for _ in range(2)]
-    for process in processes:
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, stderr[-3000:]
-    folders = run_dirs(tmp_path)
+def test_two_fits_started_at_once_get_their_own_run_folders(readme_quickstart_run: Path) -> None:
+    folder = readme_quickstart_run
+    for prefix in ("", "tiny."):
+        stderr = (folder / f"{prefix}stderr").read_text()
+        assert (folder / f"{prefix}returncode").read_text() == "0", stderr[-3000:]
+    folders = run_dirs(folder)
     assert [p.name for p in folders] == ["version_0", "version_1"]
-    for folder in folders:
-        assert len(list(folder.glob("config*.yaml"))) == 1
-        assert len(list(folder.glob("events.out.tfevents*"))) == 1
-        assert (folder / "checkpoints" / "last.ckpt").is_file()
-        assert len(list((folder / "checkpoints").glob("epoch*.ckpt"))) == 1
+    for run_dir in folders:
+        assert len(list(run_dir.glob("config*.yaml"))) == 1
+        assert len(list(run_dir.glob("events.out.tfevents*"))) == 1
+        assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+        assert len(list((run_dir / "checkpoints").glob("epoch*.ckpt"))) == 1
+    # Each process wrote its own folder: one has the README command's run, the other TINY's.
+    (readme,) = [d for d in folders if d == readme_quickstart_run_dir(folder)]
+    (tiny,) = [d for d in folders if d != readme]
+    assert yaml.safe_load((tiny / "config.yaml").read_text())["trainer"]["max_epochs"] == 1
 
 
 # slow: three CLI runs, two of them fits; test_cli_outputs.py resolves `last` in the fast tier

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.modules import quick_backbone
 
 from lit_classifiers.eval_protocols import dense_logits, protocol_logits
-from lit_classifiers.registry import create_backbone
 
 
 # vgg11 (slow): the same averaging at ~10 GMACs a pass, on the 256x256 its 7x7 head needs for a
@@ -20,8 +20,7 @@ from lit_classifiers.registry import create_backbone
 def test_dense_logits_are_the_mean_of_the_head_over_the_windows(
     name: str, height: int, width: int
 ) -> None:
-    torch.manual_seed(0)
-    net = create_backbone(name, 5).eval()
+    net = quick_backbone(name, 5).eval()
     kernel = net.avgpool.output_size
     kernel = kernel if isinstance(kernel, int) else kernel[0]
     images = torch.randn(1, 3, height, width)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,8 @@ import pytest
 import sklearn.datasets
 import torch
 from helpers.cli import TINY, run_cli, run_dirs, scalars
-from helpers.modules import TinyNet, make_trainer, run_two_ranks
+from helpers.ddp import read_ranks
+from helpers.modules import TinyNet, make_trainer, quick_backbone
 from PIL import Image
 from torchvision.models import ResNet50_Weights
 from torchvision.transforms import Resize, TenCrop
@@ -41,7 +41,6 @@ from datamodules.eval_views import (
 )
 from lit_classifiers.eval_protocols import convolutional_head, dense_logits, protocol_logits
 from lit_classifiers.module import ClassifierModule
-from lit_classifiers.registry import create_backbone
 
 PHOTOS = Path(sklearn.datasets.__file__).parent / "images"
 NUM_CLASSES = 5
@@ -165,8 +164,7 @@ def test_dense_views_are_the_whole_image_at_each_scale_and_mirrored(photos: dict
 # ------------------------------------------------------------------------------ model side
 @pytest.fixture(scope="module")
 def fc_networks() -> dict[str, torch.nn.Module]:
-    torch.manual_seed(0)
-    return {name: create_backbone(name, NUM_CLASSES).eval() for name in ("vgg11", "alexnet")}
+    return {name: quick_backbone(name, NUM_CLASSES).eval() for name in ("vgg11", "alexnet")}
 
 
 @pytest.mark.parametrize("name, channels, kernel", [("vgg11", 512, 7), ("alexnet", 256, 6)])
@@ -198,11 +196,7 @@ def test_fc_as_conv_head_equals_the_linear_head(fc_networks, name, channels, ker
     [pytest.param("vgg11", 224, marks=pytest.mark.slow), ("alexnet", 227), ("resnet18", 224)],
 )
 def test_dense_at_the_crop_size_gives_the_plain_forward(fc_networks, photos, name, size) -> None:
-    if name in fc_networks:
-        net = fc_networks[name]
-    else:
-        torch.manual_seed(0)
-        net = create_backbone(name, NUM_CLASSES).eval()
+    net = fc_networks[name] if name in fc_networks else quick_backbone(name, NUM_CLASSES).eval()
     # On a square photo, the whole image at Q = crop size is the centre crop.
     pair = DenseViews((size,))(str(photos["square"]))[0]
     crop = ExactCenterCrop(size, size)(str(photos["square"]))
@@ -330,13 +324,13 @@ def test_test_and_predict_average_the_views(tmp_path: Path, protocol: str) -> No
 PROTOCOLS = ("center", "ten_crop", "dense:16,24")
 
 
+# slow: two DDP processes (one launch shared with test_module_ddp.py and test_streaming.py,
+# helpers/ddp.py)
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
-def test_two_processes_match_one_process(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    write_tiny_folder(data, count=37)  # 37: divisible by neither the batch size nor 2 processes
-    state_path = tmp_path / "state.pt"
-    torch.save(tiny_model().state_dict(), state_path)
+def test_two_processes_match_one_process(two_rank_job: Path) -> None:
+    ranks = read_ranks(two_rank_job, "protocols")
+    data, state_path = two_rank_job / "protocols" / "data", two_rank_job / "protocols" / "state.pt"
 
     single = {}
     trainer = make_trainer()
@@ -345,8 +339,6 @@ def test_two_processes_match_one_process(tmp_path: Path) -> None:
         model.load_state_dict(torch.load(state_path, weights_only=True))
         dm = tiny_datamodule(data, eval_protocol=protocol)
         single[protocol] = trainer.test(model, datamodule=dm, verbose=False)[0]
-
-    ranks = run_two_ranks(Path(__file__), "ddp-test", data, state_path, tmp_path, out_dir=tmp_path)
 
     for protocol in PROTOCOLS:
         if protocol != "center":  # the protocol took effect: its loss is not the centre crop's
@@ -360,11 +352,17 @@ def test_two_processes_match_one_process(tmp_path: Path) -> None:
             assert multi["test/loss"] == pytest.approx(single[protocol]["test/loss"], abs=1e-6)
 
 
-def _ddp_test_main(data: str, state_path: str, out_dir: str) -> None:
-    """Each protocol on two gloo processes; Lightning starts rank 1 by running this file again."""
-    from lightning.pytorch.callbacks import Callback
+# The two-process part of helpers/ddp.py's launch.
+def ddp_prepare(folder: Path) -> list[Path]:
+    """37 images (divisible by neither the batch size nor 2 processes) and the weights."""
+    write_tiny_folder(folder / "data", count=37)
+    torch.save(tiny_model().state_dict(), folder / "state.pt")
+    return [folder / "data", folder / "state.pt", folder]
 
-    torch.set_num_threads(1)
+
+def ddp_main(data: str, state_path: str, out_dir: str) -> None:
+    """Each protocol on two gloo processes; each rank writes its metrics and image counts."""
+    from lightning.pytorch.callbacks import Callback
 
     class SeenImages(Callback):
         def __init__(self) -> None:
@@ -418,11 +416,6 @@ def test_cli_test_with_dense_protocol(fitted_run: Path, tmp_path: Path) -> None:
     assert dense["test/loss"] != pytest.approx(center["test/loss"], abs=1e-4)
 
 
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["ddp-test"]:
-        _ddp_test_main(*sys.argv[2:5])
-
-
 @pytest.mark.slow
 def test_vgg16_paper_recipe_tests_with_the_dense_protocol_end_to_end(tmp_path: Path) -> None:
     """`lit-classifiers test` with the VGG paper recipe on a tiny ImageNet: the dense protocol runs
@@ -443,7 +436,9 @@ def test_vgg16_paper_recipe_tests_with_the_dense_protocol_end_to_end(tmp_path: P
         "--data.batch_size=2",
         "--data.num_workers=0",
         "--data.eval_protocol=dense:224",
-        "--trainer.limit_test_batches=1",
+        # One of the six val images (dense batches hold one image each): a batch count of 1 on
+        # the command line is the float 1.0, every batch, six VGG-16 forwards at 224x224.
+        "--trainer.limit_test_batches=0.17",
         "--trainer.enable_progress_bar=false",
         cwd=tmp_path,
     )

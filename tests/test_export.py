@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.cli import run_cli
-from helpers.modules import NUM_CLASSES, make_loader, make_trainer
+from helpers.modules import NUM_CLASSES, make_loader, make_trainer, quick_backbone
 from torch import Tensor, nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
@@ -48,7 +48,7 @@ def _outputs_of(model: nn.Module, x: Tensor, names: dict[str, str]) -> dict[str,
 @pytest.mark.parametrize("name", FAMILY_REPRESENTATIVES)
 def test_fx_feature_extraction_and_torchscript_equal_eager(name: str) -> None:
     torch.manual_seed(0)
-    model = create_backbone(name, 4).eval()
+    model = quick_backbone(name, 4).eval()
     size = get_backbone_info(name).min_input_size
     x = torch.randn(2, 3, size + 1, size + 2)
     # avgpool: every family has one, and no in-place op follows it (an extractor returning the

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import re
 import shlex
@@ -20,7 +19,8 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 import yaml
-from helpers.cli import REPO, TINY, cli_env, run, run_dirs, scalars
+from helpers.cli import REPO, TINY, cli_env, run_cli, run_dirs, scalars
+from helpers.fresh import read_report
 from jsonargparse import Namespace
 
 from lit_classifiers.cli import cli_main
@@ -243,8 +243,9 @@ def test_readme_torchrun_on_two_nodes_writes_one_run_with_single_process_metrics
     single.mkdir()
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     one = ["--trainer.strategy=auto", "--trainer.num_nodes=1", "--trainer.devices=1"]
-    run(sys.executable, "-m", "lit_classifiers", "validate", *cli, *one, "--ckpt_path", ckpt,
-        cwd=single, env=cli_env(OMP_NUM_THREADS="1"))  # fmt: skip
+    # One process: this one, through the command's main (a subprocess adds ~5 s of imports, and
+    # `python -m lit_classifiers` itself is what the two nodes above ran).
+    run_cli("validate", *cli, *one, "--ckpt_path", ckpt, cwd=single)
     reference = scalars(run_dirs(single)[0])
     assert logged["val/acc1"] == reference["val/acc1"]  # k/37 exactly, each image counted once
     assert logged["val/loss"] == pytest.approx(reference["val/loss"], rel=1e-5)
@@ -272,58 +273,68 @@ def test_sbatch_script_matches_its_trainer_options(monkeypatch: pytest.MonkeyPat
     assert directives["--job-name"] not in ("bash", "interactive")
 
 
-SLURM_PROBE = """
-import json, os, sys
-from pathlib import Path
-from lit_classifiers.cli import cli_main
+#: Step 5 of the shared fresh interpreter (helpers/fresh.py), which calls it with its cases and
+#: the environment the process started with.
+SLURM_PROBE = '''
+def slurm_tasks(cases, clean):
+    """Each case's trainer as Lightning sets it up in that task, in a folder of its own."""
+    import os
+    from pathlib import Path
+    from lit_classifiers.cli import cli_main
 
-clean = dict(os.environ)
-results = []
-for case in json.loads(sys.argv[1]):
-    os.environ.clear()
-    os.environ.update(clean, **case["env"])
-    folder = Path(case["folder"])
-    folder.mkdir()
-    os.chdir(folder)
-    trainer = cli_main(case["args"], run=False).trainer
-    environment = trainer.strategy.cluster_environment
-    launched = None
-    if type(environment).__name__ == "SLURMEnvironment":
-        # What fit() does first: check the settings against SLURM's, start no process (srun
-        # started them), then run the given function.
-        try:
-            launched = trainer.strategy.launcher.launch(lambda: "launched")
-        except ValueError as error:
-            launched = str(error)
-    results.append({
-        "launched": launched,
-        "environment": type(environment).__name__,
-        "world_size": trainer.world_size,
-        "global_rank": trainer.global_rank,
-        "local_rank": trainer.local_rank,
-        "node_rank": trainer.node_rank,
-        "main_address": environment.main_address,
-        "main_port": environment.main_port,
-        "runs": sorted(str(p.relative_to(folder)) for p in folder.glob("runs/*/*")),
-    })
-print("RESULTS " + json.dumps(results))
-"""
+    results = []
+    for case in cases:
+        os.environ.clear()
+        os.environ.update(clean, **case["env"])
+        folder = Path(case["folder"])
+        folder.mkdir()
+        os.chdir(folder)
+        trainer = cli_main(case["args"], run=False).trainer
+        environment = trainer.strategy.cluster_environment
+        launched = None
+        if type(environment).__name__ == "SLURMEnvironment":
+            # What fit() does first: check the settings against SLURM's, start no process
+            # (srun started them), then run the given function.
+            try:
+                launched = trainer.strategy.launcher.launch(lambda: "launched")
+            except ValueError as error:
+                launched = str(error)
+        results.append({
+            "launched": launched,
+            "environment": type(environment).__name__,
+            "world_size": trainer.world_size,
+            "global_rank": trainer.global_rank,
+            "local_rank": trainer.local_rank,
+            "node_rank": trainer.node_rank,
+            "main_address": environment.main_address,
+            "main_port": environment.main_port,
+            "runs": sorted(str(p.relative_to(folder)) for p in folder.glob("runs/*/*")),
+        })
+    return results
+'''
 
 
-@pytest.mark.slow
-def test_slurm_environment_gives_the_ranks_the_script_implies(tmp_path: Path) -> None:
-    """Each task srun would start, as Lightning sees it: world size, ranks, the address of the
-    first node, and a run folder claimed by task 0 alone."""
+def slurm_layout() -> tuple[int, int, list[tuple[int, int]]]:
+    """Nodes, tasks per node, and the (node, local rank) of the tasks looked at: the first, the
+    last node's first, the last."""
+    directives, _ = sbatch_script()
+    nodes, per_node = int(directives["--nodes"]), int(directives["--ntasks-per-node"])
+    return nodes, per_node, [(0, 0), (nodes - 1, 0), (nodes - 1, per_node - 1)]
+
+
+def slurm_cases(folder: Path) -> list[dict]:
+    """The environment and command line of each task of :func:`slurm_layout` that srun would
+    start with the script, then the first task with too few devices, then named "interactive";
+    each runs in its own folder under ``folder``."""
     directives, srun = sbatch_script()
     trainer = srun_trainer(srun)
-    nodes, per_node = int(directives["--nodes"]), int(directives["--ntasks-per-node"])
+    nodes, per_node, tasks = slurm_layout()
     # The script's devices are GPUs; this machine has CPUs, which Lightning counts the same way.
     args = [
         *TINY,
         "--trainer.accelerator=cpu",
         *(f"{k}={v}" for k, v in trainer.items()),
     ]
-    tasks = [(0, 0), (nodes - 1, 0), (nodes - 1, per_node - 1)]  # first; last node's first; last
     slurm = {
         "SLURM_NTASKS": str(nodes * per_node),
         "SLURM_NTASKS_PER_NODE": str(per_node),
@@ -340,31 +351,30 @@ def test_slurm_environment_gives_the_ranks_the_script_implies(tmp_path: Path) ->
                 "SLURM_LOCALID": str(local),
                 "SLURM_NODEID": str(node),
             },
-            "folder": str(tmp_path / f"task{node * per_node + local}"),
+            "folder": str(folder / f"task{node * per_node + local}"),
             "args": args,
         }
         for node, local in tasks
     ]
     first = cases[0]["env"]
     fewer = [*args, f"--trainer.devices={per_node // 2}"]
-    cases.append({"env": first, "folder": str(tmp_path / "mismatch"), "args": fewer})
+    cases.append({"env": first, "folder": str(folder / "mismatch"), "args": fewer})
     interactive = {**first, "SLURM_JOB_NAME": "interactive"}
-    cases.append({"env": interactive, "folder": str(tmp_path / "interactive"), "args": args})
+    cases.append({"env": interactive, "folder": str(folder / "interactive"), "args": args})
+    return cases
 
-    env = cli_env(OMP_NUM_THREADS="1")
-    for name in [*LAUNCH_VARIABLES, "MASTER_PORT"] + [n for n in env if n.startswith("SLURM_")]:
-        env.pop(name, None)
-    result = subprocess.run(
-        [sys.executable, "-c", SLURM_PROBE, json.dumps(cases)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = [x for x in result.stdout.splitlines() if x.startswith("RESULTS ")][-1]
-    seen = json.loads(line[len("RESULTS ") :])
+
+# slow: each task in a process outside pytest's (one shared with the checks of four other modules,
+# helpers/fresh.py): the tasks change its environment, working folder and Lightning's rank
+@pytest.mark.slow
+def test_slurm_environment_gives_the_ranks_the_script_implies(fresh_interpreter: Path) -> None:
+    """Each task srun would start, as Lightning sees it: world size, ranks, the address of the
+    first node, and a run folder claimed by task 0 alone."""
+    report = read_report(fresh_interpreter)["slurm"]
+    assert "error" not in report, report.get("error")
+    seen = report["results"]
+    nodes, per_node, tasks = slurm_layout()
+    assert len(seen) == len(tasks) + 2
 
     for (node, local), task in zip(tasks, seen[: len(tasks)], strict=True):
         rank = node * per_node + local

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 from helpers.data import jpeg_bytes, make_archives, write
+from helpers.fresh import read_report
 
 from datamodules import ImageNetDataModule
 from datamodules.imagenet import PREPARE_LOCK
@@ -56,30 +57,18 @@ def test_a_wait_on_another_process_s_prepare_lock_is_announced(
     assert (root / "train").is_dir()  # and then prepared
 
 
-# slow: a fresh interpreter: which modules it imported is the point
+# slow: a fresh interpreter: which modules it imported is the point (one for the checks of five
+# modules, helpers/fresh.py)
 @pytest.mark.slow
-def test_prepare_never_imports_the_model_package(tmp_path: Path) -> None:
+def test_prepare_never_imports_the_model_package(fresh_interpreter: Path) -> None:
     """The data side stands alone: the version written into dataset.json is the installed
     package's, read from its metadata, not ``lit_classifiers.__version__``."""
     pytest.importorskip("litdata")
-    for k in range(4):
-        write(tmp_path / "photos" / "train" / f"c{k % 2}" / f"{k}.jpg", jpeg_bytes(size=(8, 8)))
-    code = (
-        "import sys; from datamodules import ImageFolderDataModule; "
-        "from datamodules.prepare import convert_datamodule; "
-        f"convert_datamodule(ImageFolderDataModule({str(tmp_path / 'photos')!r}, num_workers=0, "
-        f"val_split=2), {str(tmp_path / 'lit')!r}, num_workers=1, progress=False); "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'lit_classifiers'))"
-    )
-    env = {**os.environ, "LIT_CLASSIFIERS_CACHE": str(tmp_path / "cache")}
-    env["PYTHONPATH"] = str(THIS.parents[1])
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "[]"
-    written_by = json.loads((tmp_path / "lit" / "dataset.json").read_text())["written_by"]
-    assert written_by["lit_classifiers"] == importlib.metadata.version("lit-classifiers")
+    report = read_report(fresh_interpreter)["prepare"]
+    assert "error" not in report, report.get("error")
+    assert report["model_modules"] == []
+    written = json.loads((fresh_interpreter / "lit" / "dataset.json").read_text())["written_by"]
+    assert written["lit_classifiers"] == importlib.metadata.version("lit-classifiers")
 
 
 # ------------------------------------------------------------------------------------ kill -9

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.cli import CONFIGS, SCRIPT, cli_env, run, scalars
+import yaml
+from helpers.cli import CONFIGS, scalars
 from helpers.modules import TinyNet, make_loader, make_trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
@@ -85,33 +86,30 @@ def test_progress_defaults_keep_the_bar_in_a_terminal_only(tmp_path: Path) -> No
     assert [type(c) for c in piped["callbacks"]] == [EpochSummary]
 
 
-# slow: the console script as a real process with its output to a pipe
+# slow: the console script as a real process with its output to a pipe (the README's quick start,
+# run once for this test and test_cli.py's)
 @pytest.mark.slow
-def test_a_piped_fit_prints_one_line_per_epoch_and_no_noise(tmp_path: Path) -> None:
+def test_a_piped_fit_prints_one_line_per_epoch_and_no_noise(readme_quickstart_run: Path) -> None:
     """The real command with its output to a pipe (as under CI, nohup or SLURM), warnings
     shown as a user's shell has them: the warnings of its imports are part of what one sees."""
-    result = run(
-        SCRIPT,
-        "fit",
-        "--config",
-        CONFIGS / "digits" / "resnet20.yaml",
-        "--trainer.max_epochs=2",
-        "--trainer.limit_train_batches=3",
-        "--trainer.limit_val_batches=2",
-        "--data.image_size=8",
-        cwd=tmp_path,
-        env=cli_env(PYTHONWARNINGS="default"),
-    )
-    output = result.stdout + result.stderr
+    folder = readme_quickstart_run
+    stdout, stderr = ((folder / name).read_text() for name in ("stdout", "stderr"))
+    assert (folder / "returncode").read_text() == "0", stderr[-3000:]
+    epochs = yaml.safe_load((CONFIGS / "digits" / "resnet20.yaml").read_text())["trainer"][
+        "max_epochs"
+    ]
+    output = stdout + stderr
     assert "`Trainer.fit` stopped" in output
     assert "litlogger" not in output and "Tip:" not in output  # no advertisement
     assert "LeafSpec" not in output  # no deprecation noise of Lightning's imports
-    lines = result.stdout.splitlines()
-    epochs = [line for line in lines if line.startswith("epoch ")]
-    assert [line.split("  ")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
-    assert all("val/acc1" in line and line.endswith(" s") for line in epochs)
-    assert "it/s" not in result.stdout + result.stderr  # no progress bar
-    assert len(lines) < 40, result.stdout  # the model summary and the epochs, not ~360 lines
+    lines = stdout.splitlines()
+    printed = [line for line in lines if line.startswith("epoch ")]
+    assert [line.split("  ")[0] for line in printed] == [
+        f"epoch {k}/{epochs}" for k in range(1, epochs + 1)
+    ]
+    assert all("val/acc1" in line and line.endswith(" s") for line in printed)
+    assert "it/s" not in output  # no progress bar
+    assert len(lines) < 40, stdout  # the model summary and the epochs, not ~360 lines
 
 
 # ---------------------------------------------------------------------------- confusion matrix

@@ -33,6 +33,8 @@ from helpers.data import (
     synset_mapping_text,
     write_stl10,
 )
+from helpers.ddp import read_ranks
+from helpers.fresh import read_report
 from PIL import Image
 
 pytest.importorskip("litdata")
@@ -103,14 +105,23 @@ def stream(out: Path, **kwargs: Any) -> StreamingDataModule:
 
 
 # ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_conversion(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An image folder and its conversion, made once for the tests that only read them."""
+    root = tmp_path_factory.mktemp("small")
+    data = unique_folder(root / "photos", {"train": 3, "val": 3, "test": 5})
+    return data, convert(
+        ImageFolderDataModule(str(data), image_size=8, num_workers=0), root / "lit"
+    )
+
+
 @pytest.mark.parametrize("protocol", ["ten_crop", "dense:8,12"])
 def test_streamed_eval_protocol_views_equal_the_folder_datamodules(
-    tmp_path: Path, protocol: str
+    small_conversion: tuple[Path, Path], protocol: str
 ) -> None:
     """``eval_protocol`` is the streaming datamodule's own argument too: its test batches hold
     the same views as the image folder's it was converted from."""
-    data = unique_folder(tmp_path / "photos", {"train": 3, "val": 3, "test": 5})
-    out = convert(ImageFolderDataModule(str(data), image_size=8, num_workers=0), tmp_path / "lit")
+    data, out = small_conversion
     folder = ImageFolderDataModule(
         str(data), image_size=8, batch_size=4, num_workers=0, eval_protocol=protocol
     )
@@ -243,11 +254,12 @@ def test_stl10_is_stored_raw_and_streams_its_pixels(tmp_path: Path) -> None:
     assert repr(data_module.train_transform.transform) == repr(reference.train_transform)
 
 
-def test_a_url_streams_through_the_cache(tmp_path: Path) -> None:
+def test_a_url_streams_through_the_cache(
+    small_conversion: tuple[Path, Path], tmp_path: Path
+) -> None:
     """``local:`` is litdata's URL for a local folder read like a remote one: chunks are copied
     into ``cache_dir``, as they would be downloaded from s3:// or gs://."""
-    data = unique_folder(tmp_path / "photos", {"train": 9, "val": 7})
-    out = convert(ImageFolderDataModule(str(data), num_workers=0), tmp_path / "lit")
+    _, out = small_conversion
     local = stream(out)
     remote = stream(f"local:{out}", cache_dir=str(tmp_path / "cache"))
     assert remote.class_names == local.class_names
@@ -257,22 +269,6 @@ def test_a_url_streams_through_the_cache(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------
 # DDP: two processes evaluate every image once and agree with one process.
-def _ddp_eval_main(input_dir: str, state_path: str, out_dir: str) -> None:
-    from helpers.modules import TinyNet, make_trainer
-
-    from lit_classifiers.module import ClassifierModule
-
-    torch.set_num_threads(1)
-    recorder = Recording(input_dir, image_size=8, batch_size=4, num_workers=2)
-    model = ClassifierModule(TinyNet(num_classes=3), num_classes=3)
-    model.load_state_dict(torch.load(state_path, weights_only=True))
-    trainer = make_trainer(devices=2, strategy="ddp")
-    val = trainer.validate(model, datamodule=recorder, verbose=False)[0]
-    test = trainer.test(model, datamodule=recorder, verbose=False)[0]
-    result = {"val": val, "test": test, "seen": recorder.seen}
-    Path(out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
-
-
 class Recording(StreamingDataModule):
     """Records the (fingerprint, label) of every image a stage receives, before normalising."""
 
@@ -293,29 +289,25 @@ class Recording(StreamingDataModule):
         return super().on_after_batch_transfer(batch, dataloader_idx)
 
 
+# slow: two DDP processes (one launch shared with test_module_ddp.py and test_eval_protocols.py,
+# helpers/ddp.py)
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
-def test_two_processes_evaluate_every_image_once(tmp_path: Path) -> None:
-    from helpers.modules import TinyNet, make_trainer, run_two_ranks
+def test_two_processes_evaluate_every_image_once(two_rank_job: Path) -> None:
+    from helpers.modules import TinyNet, make_trainer
 
     from lit_classifiers.module import ClassifierModule
 
-    # 21 val and 7 test images in batches of 4 over 2 processes x 2 workers: divisible by
-    # neither the batch size nor the number of processes. 7 is fewer than one batch per rank:
-    # split a batch at a time (litdata's default), rank 0 would get none and the metrics'
-    # synchronisation would wait for it forever.
-    data = unique_folder(tmp_path / "photos", {"train": 6, "val": 21, "test": 7})
-    out = convert(ImageFolderDataModule(str(data), num_workers=0), tmp_path / "lit")
-    torch.manual_seed(3)
+    ranks = read_ranks(two_rank_job, "streaming")
     model = ClassifierModule(TinyNet(num_classes=3), num_classes=3)
-    torch.save(model.state_dict(), tmp_path / "state.pt")
+    model.load_state_dict(torch.load(two_rank_job / "streaming" / "state.pt", weights_only=True))
 
-    single = Recording(str(out), image_size=8, batch_size=4, num_workers=2)
+    single = Recording(
+        str(two_rank_job / "streaming" / "lit"), image_size=8, batch_size=4, num_workers=2
+    )
     trainer = make_trainer()
     single_val = trainer.validate(model, datamodule=single, verbose=False)[0]
     single_test = trainer.test(model, datamodule=single, verbose=False)[0]
-
-    ranks = run_two_ranks(THIS, "ddp-eval", out, tmp_path / "state.pt", tmp_path, out_dir=tmp_path)
 
     for stage, count in (("validate", 21), ("test", 7)):
         per_rank = [[tuple(s) for s in rank["seen"][stage]] for rank in ranks]
@@ -331,6 +323,40 @@ def test_two_processes_evaluate_every_image_once(tmp_path: Path) -> None:
             assert multi[f"{stage}/acc1"] == reference[f"{stage}/acc1"]
             assert multi[f"{stage}/acc5"] == reference[f"{stage}/acc5"]
             assert multi[f"{stage}/loss"] == pytest.approx(reference[f"{stage}/loss"], abs=1e-6)
+
+
+# The two-process part of helpers/ddp.py's launch.
+def ddp_prepare(folder: Path) -> list[Path]:
+    """21 val and 7 test images in batches of 4 over 2 processes x 2 workers: divisible by
+    neither the batch size nor the number of processes. 7 is fewer than one batch per rank:
+    split a batch at a time (litdata's default), rank 0 would get none and the metrics'
+    synchronisation would wait for it forever."""
+    from helpers.modules import TinyNet
+
+    from lit_classifiers.module import ClassifierModule
+
+    data = unique_folder(folder / "photos", {"train": 6, "val": 21, "test": 7})
+    out = convert(ImageFolderDataModule(str(data), num_workers=0), folder / "lit")
+    torch.manual_seed(3)
+    model = ClassifierModule(TinyNet(num_classes=3), num_classes=3)
+    torch.save(model.state_dict(), folder / "state.pt")
+    return [out, folder / "state.pt", folder]
+
+
+def ddp_main(input_dir: str, state_path: str, out_dir: str) -> None:
+    """Validate and test on two ranks; each writes its metrics and the images it saw."""
+    from helpers.modules import TinyNet, make_trainer
+
+    from lit_classifiers.module import ClassifierModule
+
+    recorder = Recording(input_dir, image_size=8, batch_size=4, num_workers=2)
+    model = ClassifierModule(TinyNet(num_classes=3), num_classes=3)
+    model.load_state_dict(torch.load(state_path, weights_only=True))
+    trainer = make_trainer(devices=2, strategy="ddp")
+    val = trainer.validate(model, datamodule=recorder, verbose=False)[0]
+    test = trainer.test(model, datamodule=recorder, verbose=False)[0]
+    result = {"val": val, "test": test, "seen": recorder.seen}
+    Path(out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -534,15 +560,12 @@ def test_prepare_refuses_to_write_into_the_data(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# slow: a fresh interpreter: what it imported is the point
+# slow: a fresh interpreter: what it imported is the point (one for the checks of five
+# modules, helpers/fresh.py)
 @pytest.mark.slow
-def test_importing_the_datamodules_does_not_import_litdata() -> None:
+def test_importing_the_datamodules_does_not_import_litdata(fresh_interpreter: Path) -> None:
     """litdata is an extra: ``import datamodules`` (every CLI start) neither needs nor loads it."""
-    code = "import sys, datamodules; print('litdata' in sys.modules)"
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
-    )
-    assert result.stdout.strip() == "False", result.stderr[-2000:]
+    assert read_report(fresh_interpreter)["litdata_after_import_datamodules"] is False
 
 
 def test_the_command_line(tmp_path: Path) -> None:
@@ -575,8 +598,6 @@ def test_the_command_line(tmp_path: Path) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "ddp-eval":
-        _ddp_eval_main(*sys.argv[2:5])
-    elif sys.argv[1] == "fit-killed":
+    if sys.argv[1] == "fit-killed":
         base = Path(sys.argv[3])
         _fit(sys.argv[2], base / "checkpoints", base / "killed.jsonl")

@@ -10,6 +10,7 @@ import io
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 REPO = Path(__file__).resolve().parents[2]
@@ -249,6 +251,49 @@ def hparams_trials(logdir: Path) -> dict[str, dict[str, float]]:
         for group in response.session_groups
         for session in group.sessions
     }
+
+
+def readme_quickstart() -> str:
+    """The README's first shell block's training command, as written."""
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", readme, re.DOTALL).group(1)
+    commands = [c.strip() for c in block.replace("\\\n", " ").split("&&")]
+    (train,) = [c for c in commands if "lit-classifiers fit" in c]
+    return train
+
+
+def run_readme_quickstart(folder: Path) -> None:
+    """Start :func:`readme_quickstart` in ``folder`` as a reader would (through bash, from a folder
+    holding ``configs/`` and a ``.venv/bin`` that is this interpreter's, its output to a pipe and
+    Python's warnings shown: ``PYTHONWARNINGS=default``) and, at the same moment, a TINY fit of
+    the console script in the same folder: two fits of ``digits-resnet20`` started at once.
+    Their ``returncode``, ``stdout`` and ``stderr`` are written beside what they trained
+    (``runs/``), the second's as ``tiny.returncode`` and so on."""
+    shutil.copytree(CONFIGS, folder / "configs")
+    (folder / ".venv").mkdir()
+    (folder / ".venv" / "bin").symlink_to(Path(sys.executable).parent)
+    readme = start(
+        "bash", "-c", readme_quickstart(), cwd=folder, env=cli_env(PYTHONWARNINGS="default")
+    )
+    tiny = start(SCRIPT, "fit", *TINY, cwd=folder)
+    for process, prefix in ((readme, ""), (tiny, "tiny.")):
+        stdout, stderr = process.communicate(timeout=300)
+        (folder / f"{prefix}returncode").write_text(str(process.returncode))
+        (folder / f"{prefix}stdout").write_text(stdout)
+        (folder / f"{prefix}stderr").write_text(stderr)
+
+
+def readme_quickstart_run_dir(folder: Path) -> Path:
+    """The run folder of the README's command among those :func:`run_readme_quickstart` left:
+    the one trained for the recipe's epochs."""
+    recipe = yaml.safe_load((CONFIGS / "digits" / "resnet20.yaml").read_text())
+    epochs = recipe["trainer"]["max_epochs"]
+    (run_dir,) = [
+        d
+        for d in run_dirs(folder)
+        if yaml.safe_load((d / "config.yaml").read_text())["trainer"]["max_epochs"] == epochs
+    ]
+    return run_dir
 
 
 def run_dirs(cwd: Path, name: str = "digits-resnet20") -> list[Path]:

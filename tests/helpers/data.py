@@ -76,6 +76,13 @@ def jpeg_bytes(
     return buf.getvalue()
 
 
+def noise_jpeg_bytes(size: tuple[int, int] = (160, 120), mode: str = "RGB") -> bytes:
+    pixels = np.random.default_rng(1).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
 def cmyk_jpeg_bytes(size: tuple[int, int] = (64, 48)) -> bytes:
     """A CMYK JPEG of pure red (C=0, M=Y=100 %, K=0), like ImageNet's 22 CMYK files."""
     buf = io.BytesIO()

@@ -1,12 +1,8 @@
-"""Small data, networks and trainers for the ClassifierModule tests (and their DDP script)."""
+"""Small data, networks and trainers for the ClassifierModule tests."""
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -158,57 +154,61 @@ def sgd(params: Any) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-4)
 
 
-def run_two_ranks(script: Path, *args: str | Path, out_dir: Path, timeout: int = 300) -> list[Any]:
-    """Run ``script`` (whose Trainer launches two gloo DDP ranks on the CPU) in a new process and
-    return what each rank wrote to ``out_dir/rank{0,1}.json``."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    env.pop("LOCAL_RANK", None)  # a test run under a launcher must not make this rank 1
-    process = subprocess.run(
-        [sys.executable, str(script), *map(str, args)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-5000:]
-    return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in (0, 1)]
-
-
-# ------------------------------------------------------------------------------------------------
-# The two-process evaluation run of test_module_ddp.py. Lightning's DDP launcher starts rank 1 by
-# running this file again with the same arguments, which pytest could not do for a test function.
-def _ddp_eval_main(state_path: str, out_dir: str) -> None:
-    from lightning.pytorch.callbacks import Callback
-
+def fit_registered(folder: Path, backbone: str, num_classes: int) -> Path:
+    """A checkpoint of one training step of a registered backbone, written by its trainer."""
     from lit_classifiers.module import ClassifierModule
 
-    torch.set_num_threads(1)
-
-    class SeenSamples(Callback):
-        def __init__(self) -> None:
-            self.seen = {"validate": 0, "test": 0}
-            self.samplers: list[str] = []
-
-        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, *args) -> None:
-            self.seen["validate"] += len(batch[1])
-            if not self.samplers:
-                self.samplers.append(type(trainer.val_dataloaders.sampler).__name__)
-
-        def on_test_batch_end(self, trainer, pl_module, outputs, batch, *args) -> None:
-            self.seen["test"] += len(batch[1])
-
-    model = ClassifierModule(TinyNet(), num_classes=NUM_CLASSES, class_names=CLASS_NAMES)
-    model.load_state_dict(torch.load(state_path, weights_only=True))
-    seen = SeenSamples()
-    trainer = make_trainer(devices=2, strategy="ddp", callbacks=[seen])
-    val = trainer.validate(model, make_loader(37, batch_size=4), verbose=False)[0]
-    test = trainer.test(model, make_loader(37, batch_size=4), verbose=False)[0]
-    result = {"val": val, "test": test, "seen": seen.seen, "samplers": seen.samplers}
-    Path(out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
+    model = ClassifierModule(backbone, num_classes=num_classes, optimizer=sgd)
+    trainer = make_trainer(max_steps=1)
+    trainer.fit(model, make_loader(4))
+    path = folder / f"{backbone}-{num_classes}.ckpt"
+    trainer.save_checkpoint(path)
+    return path
 
 
-if __name__ == "__main__":
-    import sys
+#: Length of the block of normal numbers :func:`random_weights` deals out (a prime, so that
+#: tensors whose sizes are multiples of a power of two do not repeat it in step).
+_BLOCK = 1_048_573
 
-    if sys.argv[1:2] == ["ddp-eval"]:
-        _ddp_eval_main(sys.argv[2], sys.argv[3])
+
+def random_weights(net: nn.Module, seed: int = 0) -> nn.Module:
+    """``net`` (built on the meta device) given CPU tensors of random values, dealt cheaply from
+    one block of N(0, 1) numbers at a different offset for each tensor: weights of std
+    sqrt(1 / fan_in), other parameters 1 + 0.1 N ("weight") or 0.1 N, BatchNorm's statistics
+    those of a new layer. VGG's 130M weights take ~0.1 s instead of torch's ~1 s of drawing
+    (twice for each linear layer: its default, then the network's own).
+
+    For tests of what the architecture computes (two paths agreeing, shapes, samples kept apart),
+    not of how a network initialises itself: test_backbones.py builds every backbone for real in
+    its forward/backward test, and checks the papers' initialisations."""
+    generator = torch.Generator().manual_seed(seed)
+    block = torch.randn(_BLOCK, generator=generator)
+    net = net.to_empty(device="cpu")
+    with torch.no_grad():
+        offset = 0
+        for name, tensor in net.named_parameters():
+            if tensor.dim() > 1:
+                scale, shift = tensor[0].numel() ** -0.5, 0.0
+            else:
+                scale, shift = 0.1, 1.0 if name.endswith("weight") else 0.0
+            flat, done = tensor.view(-1), 0
+            while done < flat.numel():
+                start = (offset + done) % _BLOCK
+                take = min(flat.numel() - done, _BLOCK - start)
+                flat[done : done + take].copy_(block[start : start + take])
+                done += take
+            flat.mul_(scale).add_(shift)
+            offset += 7919  # the next tensor starts elsewhere in the block
+        for name, buffer in net.named_buffers():
+            buffer.fill_(1 if name.endswith("running_var") else 0)
+    return net
+
+
+def quick_backbone(name: str, *args: Any, seed: int = 0, **kwargs: Any) -> nn.Module:
+    """``create_backbone(name, ...)`` built on the meta device, then given :func:`random_weights`:
+    the same modules, forward and input checks, without drawing torch's initial weights."""
+    from lit_classifiers import create_backbone
+
+    with torch.device("meta"):
+        net = create_backbone(name, *args, **kwargs)
+    return random_weights(net, seed)
