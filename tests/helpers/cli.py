@@ -276,11 +276,17 @@ def run_readme_quickstart(folder: Path) -> None:
         "bash", "-c", readme_quickstart(), cwd=folder, env=cli_env(PYTHONWARNINGS="default")
     )
     tiny = start(SCRIPT, "fit", *TINY, cwd=folder)
-    for process, prefix in ((readme, ""), (tiny, "tiny.")):
-        stdout, stderr = process.communicate(timeout=300)
-        (folder / f"{prefix}returncode").write_text(str(process.returncode))
-        (folder / f"{prefix}stdout").write_text(stdout)
-        (folder / f"{prefix}stderr").write_text(stderr)
+    try:
+        for process, prefix in ((readme, ""), (tiny, "tiny.")):
+            stdout, stderr = process.communicate(timeout=300)
+            (folder / f"{prefix}returncode").write_text(str(process.returncode))
+            (folder / f"{prefix}stdout").write_text(stdout)
+            (folder / f"{prefix}stderr").write_text(stderr)
+    finally:
+        for process in (readme, tiny):
+            if process.poll() is None:  # still running after a timeout: end it
+                process.kill()
+                process.communicate()
 
 
 def readme_quickstart_run_dir(folder: Path) -> Path:

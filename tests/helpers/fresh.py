@@ -28,12 +28,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from helpers.cli import cli_env
-from helpers.data import jpeg_bytes, noise_jpeg_bytes, write
-from helpers.modules import NUM_CLASSES, fit_registered
-
 REPO = Path(__file__).resolve().parents[2]
 REPORT = "REPORT "
 
@@ -124,6 +118,13 @@ print("REPORT " + json.dumps(report))
 def run_fresh_interpreter(folder: Path) -> None:
     """Make the inputs of the five checks in ``folder``, run them (:data:`PROBE`, then the SLURM
     step) in a new interpreter and write its ``returncode``, ``stdout`` and ``stderr`` there."""
+    # Imported here: the scripts that import the test modules (for a kill -9) need none of it.
+    import torch
+
+    from helpers.cli import cli_env
+    from helpers.data import jpeg_bytes, noise_jpeg_bytes, write
+    from helpers.modules import NUM_CLASSES, fit_registered
+
     for k in range(4):
         write(folder / "photos" / "train" / f"c{k % 2}" / f"{k}.jpg", jpeg_bytes(size=(8, 8)))
     good = fit_registered(folder, "resnet20", NUM_CLASSES)
