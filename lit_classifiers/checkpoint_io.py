@@ -458,13 +458,17 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def stored_model_hparams(ckpt_path: str) -> dict[str, Any]:
+def stored_model_hparams(ckpt_path: str, source: str | None = None) -> dict[str, Any]:
     """The model arguments stored in the checkpoint at ``ckpt_path`` (a path or any URL
     :func:`read_checkpoint` takes), checked with :func:`check_checkpoint_hparams`, without
     Lightning's bookkeeping (``_instantiator``, ``_class_path``) or stored ``weights``: what
-    the CLI puts under ``--model`` before the command line's own values."""
-    hparams = dict(read_checkpoint(ckpt_path).get("hyper_parameters") or {})
-    check_checkpoint_hparams(hparams, ckpt_path)
+    the CLI puts under ``--model`` before the command line's own values. ``source``: the name
+    errors give the file (a local copy's URL); ``ckpt_path`` by default."""
+    source = source or ckpt_path
+    with local_checkpoint_file(ckpt_path) as local:
+        stored = _read_local(local, source, "checkpoint", "cpu", mmap=True)
+    hparams = dict(stored.get("hyper_parameters") or {})
+    check_checkpoint_hparams(hparams, source)
     hparams.pop("_instantiator", None)
     hparams.pop("_class_path", None)
     if isinstance(hparams.get("backbone_kwargs"), Mapping):  # the state_dict supersedes them

@@ -26,6 +26,7 @@ share one.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import logging
@@ -38,6 +39,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from fsspec.utils import get_protocol
 from jsonargparse import Namespace
 from jsonargparse.typing import register_type
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -52,6 +54,7 @@ from lit_classifiers.callbacks import NonFiniteLossError, progress_defaults
 from lit_classifiers.checkpoint_io import (
     NonFiniteWeightsError,
     SafeCheckpointIO,
+    local_checkpoint_file,
     stored_model_hparams,
 )
 from lit_classifiers.cli_help import SUBCOMMAND_HELP, ConciseHelpFormatter, summary
@@ -68,6 +71,7 @@ from lit_classifiers.run_folders import (
     open_csv_log,
     remove_if_empty,
     run_root,
+    save_last_every_epoch,
     with_save_dirs,
 )
 
@@ -108,7 +112,6 @@ def _drop_litlogger_tip(record: logging.LogRecord) -> bool:
     return "try installing [litlogger]" not in str(record.msg)
 
 
-# ---------------------------------------------------------------------------------------- help
 # ---------------------------------------------------------------------------------------- parsing
 class BackboneName(str):
     """A registered backbone's name, the CLI's type of ``--model.backbone``.
@@ -163,20 +166,26 @@ class ClassifierCLI(LightningCLI):
         # the next CLI in this process claims a folder of its own.
         self._claimed_folder: Path | None = None
         self.parsers: list[LightningArgumentParser] = []
+        # With run, a --ckpt_path URL is downloaded once, for its hyper-parameters and the
+        # Trainer, and removed at the end; the saved config keeps the URL.
+        self._downloads = contextlib.ExitStack() if run else None
+        self._local_ckpt_path: str | None = None
         inherited = os.environ.get(RUN_VERSION_ENV)
-        try:
-            super().__init__(*args, run=run, **kwargs)
-        except BaseException:
-            self._release_run_folder(inherited)
-            raise
+        with self._downloads or contextlib.nullcontext():
+            try:
+                super().__init__(*args, run=run, **kwargs)
+            except BaseException:
+                self._release_run_folder(inherited)
+                raise
         if run:
             self._release_run_folder(inherited)
+        elif self._claimed_folder is not None:  # the caller may still run; empty at exit: gone
+            atexit.register(_remove_quietly, self._claimed_folder.absolute())
 
     def _release_run_folder(self, inherited: str | None) -> None:
         if self._claimed_folder is None:
             return
-        with contextlib.suppress(OSError):
-            remove_if_empty(self._claimed_folder)
+        _remove_quietly(self._claimed_folder)
         if inherited is None:
             os.environ.pop(RUN_VERSION_ENV, None)
         else:
@@ -284,7 +293,11 @@ class ClassifierCLI(LightningCLI):
             ckpt_path = config.ckpt_path = self._resolve_last_checkpoint(config)
         if not ckpt_path or ckpt_path in ("best", "hpc", "registry"):
             return
-        hparams = stored_model_hparams(str(ckpt_path))
+        local = ckpt_path = str(ckpt_path)
+        if self._downloads is not None and get_protocol(ckpt_path) != "file":
+            local = self._downloads.enter_context(local_checkpoint_file(ckpt_path))
+            self._local_ckpt_path = local
+        hparams = stored_model_hparams(local, source=ckpt_path)
         if hparams:
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
@@ -349,6 +362,8 @@ class ClassifierCLI(LightningCLI):
         run_folder = getattr(self, "run_folder", None)
         for namespace, key in run_folder.pinned if run_folder else []:
             setattr(namespace, key, None)
+        if self._local_ckpt_path is not None:  # what the Trainer is given, not what is saved
+            self.config_init[self.subcommand].ckpt_path = self._local_ckpt_path
         # A user's --trainer.plugins replaces the default list, and SafeCheckpointIO with it;
         # unless they chose a CheckpointIO of their own, checkpoints stay safe.
         strategy = self.trainer.strategy
@@ -361,24 +376,9 @@ class ClassifierCLI(LightningCLI):
                     open_csv_log(logger)
 
 
-def save_last_every_epoch(trainer: Trainer) -> None:
-    """Make ``last.ckpt`` the latest epoch's, as ``--ckpt_path last`` needs.
-
-    Since Lightning 2.6 a ``ModelCheckpoint`` with a monitored metric writes ``save_last`` only
-    when it also writes a top-k checkpoint, so ``last.ckpt`` stays at the best epoch. Each such
-    callback gives ``save_last`` up to a second ``ModelCheckpoint`` beside it that monitors
-    nothing and keeps one file, ``last.ckpt``, written every epoch.
-    """
-    for best in trainer.checkpoint_callbacks:
-        if isinstance(best, ModelCheckpoint) and best.save_last is True and best.monitor:
-            best.save_last = False
-            last = ModelCheckpoint(
-                dirpath=best.dirpath,
-                filename=best.CHECKPOINT_NAME_LAST,
-                save_weights_only=best.save_weights_only,
-                enable_version_counter=False,
-            )
-            trainer.callbacks.append(last)
+def _remove_quietly(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        remove_if_empty(folder)
 
 
 def _accelerators_here() -> str:
@@ -468,16 +468,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args[:1] == ["backbones"]:
             return backbones_main(args[1:], prog=f"{PROG} backbones")
+        # Each imported for its own subcommand only (prepare needs litdata, an extra).
         if args[:1] == ["export"]:
-            from lit_classifiers.export import (
-                export_main,  # only this subcommand needs it
-            )
+            from lit_classifiers.export import export_main
 
             return export_main(args[1:])
         if args[:1] == ["prepare"]:
-            from datamodules.prepare import (
-                prepare_main,  # litdata: the [streaming] extra
-            )
+            from datamodules.prepare import prepare_main
 
             return prepare_main(args[1:])
         cli_main(None if argv is None else args)  # None: LightningCLI reads sys.argv itself

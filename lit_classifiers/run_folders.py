@@ -16,6 +16,7 @@ from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
 
@@ -242,6 +243,26 @@ def claim_version(init_args: Namespace) -> int | None:
     version = claim_run_folder(root, next_version(root))
     os.environ[RUN_VERSION_ENV] = f"{key}{version}"
     return version
+
+
+def save_last_every_epoch(trainer: Trainer) -> None:
+    """Make ``last.ckpt`` the latest epoch's, as ``--ckpt_path last`` needs.
+
+    Since Lightning 2.6 a ``ModelCheckpoint`` with a monitored metric writes ``save_last`` only
+    when it also writes a top-k checkpoint, so ``last.ckpt`` stays at the best epoch. Each such
+    callback gives ``save_last`` up to a second ``ModelCheckpoint`` beside it that monitors
+    nothing and keeps one file, ``last.ckpt``, written every epoch.
+    """
+    for best in trainer.checkpoint_callbacks:
+        if isinstance(best, ModelCheckpoint) and best.save_last is True and best.monitor:
+            best.save_last = False
+            last = ModelCheckpoint(
+                dirpath=best.dirpath,
+                filename=best.CHECKPOINT_NAME_LAST,
+                save_weights_only=best.save_weights_only,
+                enable_version_counter=False,
+            )
+            trainer.callbacks.append(last)
 
 
 def last_checkpoint(root: Path) -> tuple[int, Path] | None:

@@ -86,13 +86,20 @@ def two_rank_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder; each request (method and path) is a line of ``requests.log`` beside it."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        with open(Path(self.directory).parent / "requests.log", "a") as log:
+            log.write(f"{self.command} {self.path}\n")
+
     def log_message(self, format: str, *args: object) -> None:
         pass
 
 
 @pytest.fixture()
 def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A folder and the loopback URL it is served at; stopped at the end of the test."""
+    """A folder and the loopback URL it is served at; stopped at the end of the test. The
+    requests it answered are listed in ``requests.log`` beside the folder."""
     folder = tmp_path / "www"
     folder.mkdir()
 

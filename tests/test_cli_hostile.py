@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pathlib
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -79,15 +80,26 @@ def test_checkpoint_url_never_runs_code_in_any_subcommand(
 
 
 def test_good_checkpoint_url_is_loaded(
-    good_checkpoint: Path, served: tuple[Path, str], fitted_run: Path, tmp_path: Path
+    good_checkpoint: Path,
+    served: tuple[Path, str],
+    fitted_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     www, base = served
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the download goes
     (www / "good.ckpt").write_bytes(good_checkpoint.read_bytes())
     env = cli_env(TORCH_HOME=str(tmp_path / "torch_home"))
     run_cli("validate", *TINY, "--ckpt_path", f"{base}/good.ckpt", cwd=tmp_path, env=env)
     from_url = scalars(run_dirs(tmp_path)[-1])["val/acc1"][-1]
     assert from_url == pytest.approx(scalars(run_dirs(fitted_run)[0])["val/acc1"][-1], abs=1e-6)
     assert not list((tmp_path / "torch_home").rglob("*.ckpt"))
+    # Downloaded once, for the hyper-parameters and the Trainer; the saved config keeps the URL
+    # and the copy is gone.
+    assert (tmp_path / "requests.log").read_text().splitlines() == ["GET /good.ckpt"]
+    saved = yaml.safe_load((run_dirs(tmp_path)[-1] / "config.yaml").read_text())
+    assert saved["ckpt_path"] == f"{base}/good.ckpt"
+    assert not list(tmp_path.glob("lit-classifiers-download-*"))
 
 
 #: Hyper-parameters a hostile checkpoint could carry to make jsonargparse import or build a class.

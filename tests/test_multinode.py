@@ -393,6 +393,10 @@ def test_slurm_environment_gives_the_ranks_the_script_implies(fresh_interpreter:
     assert "--ntasks-per-node" in seen[-2]["launched"], seen[-2]
     # Named "interactive", the job is a shell to start processes from, and Lightning leaves it be.
     assert seen[-1]["environment"] != "SLURMEnvironment"
+    # Each CLI was built with run=False and never run: the folder task 0 claimed, still empty,
+    # went when the process ended, though the process had left that working folder by then.
+    assert (fresh_interpreter / "slurm" / "task0" / "runs" / "digits-resnet20").is_dir()
+    assert not list((fresh_interpreter / "slurm").glob("*/runs/*/version_*"))
 
 
 @pytest.mark.parametrize(
