@@ -76,9 +76,9 @@ def fresh_interpreter(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def two_rank_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The folder of the one two-rank DDP launch of test_module_ddp.py, test_eval_protocols.py
-    and test_streaming.py (see ``helpers.ddp``): once per session, also under xdist. Read it, do
-    not change it."""
+    """The folder of the one two-rank DDP launch of test_module_ddp.py, test_eval_protocols.py,
+    test_streaming.py and test_sampling.py (see ``helpers.ddp``): once per session, also under
+    xdist. Read it, do not change it."""
     from helpers.ddp import run_two_rank_job
     from helpers.shared import once_per_session
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from helpers.ddp import read_ranks
+from helpers.modules import sgd
 from torch.utils.data import Dataset
 
 from datamodules import DigitsDataModule
@@ -83,3 +88,58 @@ def test_the_train_seed_is_drawn_once_and_travels_in_the_checkpoint_state() -> N
     assert resumed.train_seed() == seed
     with pytest.raises(ValueError, match=r"train_seed='7'; expected an int"):
         resumed.load_state_dict({"train_seed": "7"})
+
+
+# ------------------------------------------------------------------------ two ranks (gloo)
+def ddp_prepare(folder: Path) -> list[Path]:
+    return [folder]
+
+
+def ddp_main(out_dir: str) -> None:
+    """Two training batches on each of two ranks, each rank's generator seeded differently;
+    each writes its training sampler and the labels of the batches it trained on beside the
+    labels of the share that sampler's seed and rank give."""
+    from helpers.modules import make_trainer
+    from lightning.pytorch.callbacks import Callback
+
+    from lit_classifiers import ClassifierModule
+
+    class Trained(Callback):
+        labels: list[int] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.labels.extend(batch[1].tolist())
+
+    trained = Trained()
+    trainer = make_trainer(devices=2, strategy="ddp", callbacks=[trained], limit_train_batches=2)
+    torch.manual_seed(100 + trainer.global_rank)  # the train seed must be rank 0's on both
+    dm = DigitsDataModule(image_size=8, batch_size=4, num_workers=0, augment=True)
+    model = ClassifierModule("resnet20", num_classes=10, in_channels=1, optimizer=sgd)
+    trainer.fit(model, datamodule=dm)
+    sampler = trainer.train_dataloader.sampler
+    share = SeededShuffle(
+        range(len(sampler.dataset)), sampler.seed, 0, sampler.num_replicas, sampler.rank
+    )
+    indices = [index for index, _ in share][: len(trained.labels)]
+    result = {
+        "sampler": type(sampler).__name__,
+        "rank": [trainer.global_rank, sampler.rank, sampler.num_replicas],
+        "seed": sampler.seed,
+        "indices": indices,
+        "trained": trained.labels,
+        "share": [int(trainer.train_dataloader.dataset.dataset[i][1]) for i in indices],
+    }
+    Path(out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
+
+
+# slow: its part of the shared two-rank launch (helpers.ddp), a real gloo process group
+@pytest.mark.slow
+def test_each_ddp_rank_trains_on_its_own_share_of_one_seeded_order(two_rank_job: Path) -> None:
+    ranks = read_ranks(two_rank_job, "sampling")
+    # Lightning left the sampler in place (its own DistributedSampler would shuffle by seed 0).
+    assert [r["sampler"] for r in ranks] == ["SeededShuffle", "SeededShuffle"]
+    assert [r["rank"] for r in ranks] == [[0, 0, 2], [1, 1, 2]]
+    assert ranks[0]["seed"] == ranks[1]["seed"]  # broadcast: the generators were seeded apart
+    for rank in ranks:
+        assert len(rank["trained"]) == 8 and rank["trained"] == rank["share"]
+    assert not set(ranks[0]["indices"]) & set(ranks[1]["indices"])

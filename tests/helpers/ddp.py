@@ -6,7 +6,7 @@ writes ``rank{0,1}.json`` beside them; the test reads those and compares them wi
 computes in one process. The parts run one after the other in the same two processes, each with
 Trainers of its own (Lightning launches rank 1 once, for the first; later ones find
 ``LOCAL_RANK`` set and the process group up). A launch costs two new interpreters (~10 s of
-imports): one launch for three tests instead of one each.
+imports): one launch for four tests instead of one each.
 
 Run by the session fixture ``two_rank_job`` (conftest.py), once per session, also under xdist;
 this file is also the script the ranks run (Lightning starts rank 1 by running it again with
@@ -28,6 +28,7 @@ PARTS = {
     "module": "test_module_ddp",
     "protocols": "test_eval_protocols",
     "streaming": "test_streaming",
+    "sampling": "test_sampling",
 }
 THIS = Path(__file__).resolve()
 TESTS = THIS.parents[1]
