@@ -35,6 +35,7 @@ import re
 import shutil
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 import zipfile
@@ -105,6 +106,7 @@ DOWNLOAD_TIMEOUT_ENV = "LIT_CLASSIFIERS_DOWNLOAD_TIMEOUT"
 DEFAULT_MAX_DOWNLOAD = 8 * 2**30  # VGG-19, SGD momentum and EMA: 3 x 143.7 M floats, 1.6 GiB
 DEFAULT_DOWNLOAD_TIMEOUT = 60.0
 _CHUNK = 2**20
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=-]{0,99}")
 
 
 def read_checkpoint(
@@ -140,15 +142,17 @@ def local_checkpoint_file(source: str, *, kind: str = "checkpoint") -> Iterator[
         yield source.removeprefix("file://")
         return
     with tempfile.TemporaryDirectory(prefix="lit-classifiers-download-") as folder:
-        target = os.path.join(folder, "download")
         links = source.split("::")
+        # The URL's file name where it is a plain one: Lightning's messages name the copy.
+        name = urllib.parse.urlsplit(links[0]).path.rpartition("/")[2]
+        target = os.path.join(folder, name if _PLAIN_NAME.fullmatch(name) else "download")
         if fsspec.utils.get_protocol(links[-1]) in ("http", "https"):
-            is_whole = len(links) == 1  # else an archive or index holding the checkpoint
-            _download_http(links[-1], target, f"{kind} {source}", checkpoint=is_whole)
             if len(links) == 1:
+                _download_http(links[-1], target, f"{kind} {source}")
                 yield target
                 return
-            archive, target = target, os.path.join(folder, "member")
+            archive = os.path.join(folder, ".archive")  # an archive or index holding the file
+            _download_http(links[-1], archive, f"{kind} {source}", checkpoint=False)
             links[-1] = f"file://{archive}"
         _copy_fsspec("::".join(links), target, f"{kind} {source}")
         yield target

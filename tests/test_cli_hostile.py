@@ -5,6 +5,7 @@ ending in one line that names the problem."""
 from __future__ import annotations
 
 import pathlib
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -90,7 +91,8 @@ def test_good_checkpoint_url_is_loaded(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the download goes
     (www / "good.ckpt").write_bytes(good_checkpoint.read_bytes())
     env = cli_env(TORCH_HOME=str(tmp_path / "torch_home"))
-    run_cli("validate", *TINY, "--ckpt_path", f"{base}/good.ckpt", cwd=tmp_path, env=env)
+    result = run_cli("validate", *TINY, "--ckpt_path", f"{base}/good.ckpt", cwd=tmp_path, env=env)
+    assert re.search(r"checkpoint at \S*lit-classifiers-download-\w+/good\.ckpt", result.stderr)
     from_url = scalars(run_dirs(tmp_path)[-1])["val/acc1"][-1]
     assert from_url == pytest.approx(scalars(run_dirs(fitted_run)[0])["val/acc1"][-1], abs=1e-6)
     assert not list((tmp_path / "torch_home").rglob("*.ckpt"))
