@@ -14,22 +14,37 @@ Variants (alternated ABBA, each keeping its model, and so its compiled graph, ac
 * ``lightning-bf16-cl``: ``Trainer.fit`` on ``ClassifierModule`` built by the project's CLI with
   its defaults (logger, checkpointing, LR monitor, progress bar) plus
   ``--trainer.precision bf16-mixed --model.channels_last true``;
-* ``lightning-bf16-cl-compile``: the same with ``--model.compile true``: the headline figure.
+* ``lightning-bf16-cl-compile``: the same with ``--model.compile true``: the headline figure;
+* ``lightning-bf16-cl-jpeg``: ``lightning-bf16-cl`` fed from JPEG files through
+  ``ImageFolderDataModule`` (RandomResizedCrop + flip fused into decoding in ``--workers``
+  loader workers, uint8 batches normalised on the device);
+* ``lightning-bf16-cl-jpeg-decode-cuda``: the same with ``--data.decode_device cuda`` (workers
+  read the files and draw the crops, nvJPEG decodes each batch on the GPU). On a CPU dry run
+  ``decode_device cpu`` stands in for it: the same path, decoded in the main process.
 
-The data is synthetic and resident on the device (a normalised float batch), so the figure is
-the training step's, not a data pipeline's (NVIDIA's includes a DALI pipeline). SGD with
-momentum 0.9 (the module's default), 1,000 classes, cuDNN benchmark mode on for every variant.
-Timing: ``torch.cuda.synchronize()`` before the first timed step and after the last.
+The synthetic variants' data is resident on the device (a normalised float batch), so their
+figure is the training step's, not a data pipeline's (NVIDIA's includes a DALI pipeline); the
+JPEG variants add the project's input pipeline (16 classes instead of 1,000: a 2048x16 instead of
+a 2048x1000 last layer). The JPEG files are ``--jpeg-unique`` photographs cut from the bundled
+ones (ImageNet's 500x375-like sizes), hard-linked until one epoch holds every step, so no epoch
+boundary falls in a run. SGD with momentum 0.9 (the module's default), cuDNN benchmark mode on
+for every variant. Timing: ``torch.cuda.synchronize()`` at the end of the last warm-up step and at
+the end of the last timed step, so each timed step includes fetching (and decoding) its batch.
 
     python benchmarks/gpu_resnet50.py                       # on a CUDA machine
     python benchmarks/gpu_resnet50.py --device cpu --steps 2 --warmup 1 --batch-size 4 \\
         --image-size 64 --repeats 1                         # dry run of every code path
     python benchmarks/gpu_resnet50.py --quick               # CPU, eager only: a smoke run
+
+``benchmarks/gpu_session.sh`` runs it, with the CUDA tests and a fit on a folder, on a lent GPU
+machine in one call (benchmarks/README.md, section 3).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import sys
 import tempfile
 import time
@@ -48,8 +63,10 @@ from _common import (
     set_threads,
     summarize,
     table,
+    usable_cpus,
     wait_for_idle,
 )
+from _data import write_photo_tree
 from lightning.pytorch import Callback, LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
@@ -66,7 +83,10 @@ ALL_VARIANTS = [
     "plain-bf16-cl-compile",
     "lightning-bf16-cl",
     "lightning-bf16-cl-compile",
+    "lightning-bf16-cl-jpeg",
+    "lightning-bf16-cl-jpeg-decode-cuda",
 ]
+JPEG_CLASSES = 16
 HEADLINE = "lightning-bf16-cl-compile"
 
 # set by main() before the CLI instantiates the datamodule
@@ -109,21 +129,27 @@ class SyntheticDeviceData(LightningDataModule):
 
 
 class SyncedWindow(Callback):
-    """Synchronised wall time from the start of step ``first`` to the end of step ``last``."""
+    """Synchronised wall time from the end of training step ``warmup - 1`` to the end of step
+    ``warmup + steps - 1`` (counted from 0): ``steps`` whole steps, each fetching its batch."""
 
-    def __init__(self, first: int, last: int, device: torch.device) -> None:
-        self.first, self.last, self.device = first, last, device
+    def __init__(self, warmup: int, steps: int, device: torch.device) -> None:
+        if warmup < 1:
+            raise ValueError(
+                f"--warmup must be at least 1 (the window opens after it), got {warmup}"
+            )
+        self.first, self.last, self.device = warmup - 1, warmup + steps - 1, device
+        self.seen = 0
         self.start = self.end = 0.0
 
-    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int):
-        if batch_idx == self.first:
-            synchronize(self.device)
-            self.start = time.perf_counter()
-
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, idx: int):
-        if idx == self.last:
+        if self.seen in (self.first, self.last):
             synchronize(self.device)
-            self.end = time.perf_counter()
+            now = time.perf_counter()
+            if self.seen == self.first:
+                self.start = now
+            else:
+                self.end = now
+        self.seen += 1
 
 
 class PlainVariant:
@@ -159,11 +185,57 @@ class PlainVariant:
         return steps * len(batch[1]) / (time.perf_counter() - start)
 
 
+def write_jpeg_folder(root: str, unique: int, images: int) -> tuple[int, int]:
+    """``root/train/<class>/`` with at least ``images`` JPEG files, at least ``unique`` of them
+    distinct (the rest hard links to them), and one per class in ``root/val/``; returns the
+    numbers of training files and of distinct ones."""
+    per_class = max(1, math.ceil(unique / JPEG_CLASSES))
+    files = write_photo_tree(os.path.join(root, "train"), JPEG_CLASSES, per_class)
+    for index in range(len(files), images):
+        source = files[index % len(files)]
+        os.link(source, source.with_name(f"{source.stem}_{index}{source.suffix}"))
+    for source in files[::per_class]:
+        target = os.path.join(root, "val", source.parent.name)
+        os.makedirs(target, exist_ok=True)
+        os.link(source, os.path.join(target, source.name))
+    return max(images, len(files)), len(files)
+
+
 class LightningVariant:
-    def __init__(self, name: str, device: torch.device, workdir: str) -> None:
+    def __init__(
+        self, name: str, device: torch.device, workdir: str, jpeg_dir: str | None, workers: int
+    ) -> None:
         self.name, self.device, self.workdir = name, device, workdir
+        self.jpeg_dir, self.workers = jpeg_dir, workers
         self.compile = name.endswith("-compile")
         self.model: Any = None  # the first fit's module is reused: it keeps its compiled graph
+
+    def data_args(self, batch: tuple[torch.Tensor, torch.Tensor], total: int) -> list[str]:
+        if "-jpeg" not in self.name:
+            return ["--data", f"{__name__}.SyntheticDeviceData", "--data.steps", str(total)]
+        assert self.jpeg_dir is not None
+        if self.name.endswith("-decode-cuda"):
+            decode = "cuda" if self.device.type == "cuda" else "cpu"
+        else:
+            decode = "worker"
+        return [
+            "--data",
+            "ImageFolderDataModule",
+            "--data.data_dir",
+            self.jpeg_dir,
+            "--data.batch_size",
+            str(len(batch[1])),
+            "--data.image_size",
+            str(batch[0].shape[-1]),
+            "--data.num_workers",
+            str(self.workers),
+            "--data.decode_device",
+            decode,
+            "--trainer.limit_val_batches",
+            "0",
+            "--trainer.num_sanity_val_steps",
+            "0",
+        ]
 
     def run(self, batch: tuple[torch.Tensor, torch.Tensor], warmup: int, steps: int) -> float:
         total = warmup + steps
@@ -174,10 +246,7 @@ class LightningVariant:
             "true",
             "--model.compile",
             str(self.compile).lower(),
-            "--data",
-            f"{__name__}.SyntheticDeviceData",
-            "--data.steps",
-            str(total),
+            *self.data_args(batch, total),
             "--trainer.precision",
             "bf16-mixed",
             "--trainer.accelerator",
@@ -196,7 +265,7 @@ class LightningVariant:
         cli = cli_main(args, run=False)
         if self.model is None:
             self.model = cli.model
-        window = SyncedWindow(warmup, total - 1, self.device)
+        window = SyncedWindow(warmup, steps, self.device)
         cli.trainer.callbacks.append(window)
         cli.trainer.fit(self.model, datamodule=cli.datamodule)
         compiled = getattr(self.model.backbone, "_compiled_call_impl", None) is not None
@@ -213,11 +282,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=50, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=15, help="untimed steps before each run")
     parser.add_argument("--variants", nargs="+", default=None, choices=ALL_VARIANTS)
+    parser.add_argument(
+        "--workers", type=int, default=None, help="loader workers of the JPEG variants (all CPUs)"
+    )
+    parser.add_argument(
+        "--jpeg-unique", type=int, default=1024, help="distinct JPEG files of the JPEG variants"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.device, args.batch_size, args.image_size = "cpu", 2, 32
-        args.steps, args.warmup = 1, 1
-        variants = args.variants or ["plain-bf16-cl", "lightning-bf16-cl"]
+        args.steps, args.warmup, args.jpeg_unique = 1, 1, JPEG_CLASSES
+        args.workers = args.workers or 1
+        variants = args.variants or [
+            "plain-bf16-cl",
+            "lightning-bf16-cl",
+            "lightning-bf16-cl-jpeg-decode-cuda",
+        ]
         repeats = args.repeats or 1
     else:
         variants = args.variants or ALL_VARIANTS
@@ -256,9 +336,23 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, list[float]] = {v: [] for v in variants}
     compile_s: dict[str, float] = {}
+    workers = args.workers or usable_cpus()
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as workdir:
+        jpeg_dir = None
+        if any("-jpeg" in v for v in variants):
+            images = args.batch_size * (args.warmup + args.steps)
+            start = time.perf_counter()
+            jpeg_dir = os.path.join(workdir, "jpeg")
+            files, distinct = write_jpeg_folder(jpeg_dir, args.jpeg_unique, images)
+            print(
+                f"# JPEG variants: {files} training files ({distinct} distinct, written "
+                f"in {time.perf_counter() - start:.1f} s), {workers} loader workers",
+                flush=True,
+            )
         runners: dict[str, Any] = {
-            v: LightningVariant(v, device, workdir) if v.startswith("lightning") else None
+            v: LightningVariant(v, device, workdir, jpeg_dir, workers)
+            if v.startswith("lightning")
+            else None
             for v in variants
         }
         for r, v in alternating(variants, repeats):
