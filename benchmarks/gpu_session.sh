@@ -20,9 +20,18 @@ if [ "${1:-}" = "--fetch-wheels" ]; then
     exec python3 -m pip download --no-deps --only-binary=:all: -d .whl "${WHEELS[@]}"
 fi
 
+[ $# -gt 0 ] || set -- checks bench compile
+for name in "$@"; do
+    case $name in
+    checks | bench | compile) ;;
+    *)
+        echo "gpu_session.sh: unknown stage '$name' (expected checks, bench or compile)" >&2
+        exit 2
+        ;;
+    esac
+done
 OUT=${OUT:-/tmp/gpu-session}
 mkdir -p "$OUT"
-[ $# -gt 0 ] || set -- checks bench compile
 # A dry run on a machine without CUDA takes the same paths on the CPU.
 if [ -n "${GPU_SESSION_DRY:-}" ]; then ACCELERATOR=cpu DECODE=cpu; else ACCELERATOR=gpu DECODE=cuda; fi
 PYTHON=${PYTHON:-python3}
@@ -83,10 +92,6 @@ for name in "$@"; do
     compile)
         stage compile 240 "$PYTHON" benchmarks/gpu_resnet50.py --repeats 2 --warmup 10 --steps 30 \
             --variants plain-bf16-cl-compile lightning-bf16-cl-compile
-        ;;
-    *)
-        echo "unknown stage $name (expected checks, bench, compile)" >&2
-        exit 2
         ;;
     esac
 done

@@ -4,9 +4,11 @@ loaded CI machine mean nothing."""
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +65,38 @@ def finite_numbers(value: object) -> list[float]:
 def test_every_script_is_covered() -> None:
     scripts = {p.name for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_")}
     assert scripts == set(SCRIPTS)
+
+
+GPU_SESSION = BENCHMARKS / "gpu_session.sh"
+
+
+def test_gpu_session_names_only_variants_and_tests_that_exist() -> None:
+    """A misspelt name would only fail on a lent GPU machine, costing its lease."""
+    script = GPU_SESSION.read_text()
+    module = ast.parse((BENCHMARKS / "gpu_resnet50.py").read_text())
+    variants = next(
+        ast.literal_eval(node.value)
+        for node in module.body
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "ALL_VARIANTS"
+    )
+    named = re.findall(r"\b(?:plain|lightning)-[a-z0-9-]+", script)
+    assert len(named) == 7 and set(named) <= set(variants)
+    tests = re.findall(r"\btests/\S+\.py\b", script)
+    assert len(tests) == 2 and all((BENCHMARKS.parent / t).is_file() for t in tests)
+
+
+def test_gpu_session_refuses_an_unknown_stage_before_starting(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = subprocess.run(
+        ["bash", str(GPU_SESSION), "checks", "compiel"],
+        env={**os.environ, "OUT": str(out)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "unknown stage 'compiel' (expected checks, bench or compile)" in result.stderr
+    assert not out.exists()
 
 
 # Runs each script given on its command line with --quick in this one interpreter, in a folder
