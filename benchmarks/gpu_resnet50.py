@@ -37,7 +37,7 @@ the end of the last timed step, so each timed step includes fetching (and decodi
     python benchmarks/gpu_resnet50.py --quick               # CPU, eager only: a smoke run
 
 ``benchmarks/gpu_session.sh`` runs it, with the CUDA tests and a fit on a folder, on a lent GPU
-machine in one call (benchmarks/README.md, section 3).
+machine as one prepared script (benchmarks/README.md, section 3).
 """
 
 from __future__ import annotations

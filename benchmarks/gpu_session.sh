@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 20 (section 4), prepared to run on a lent GPU machine in one call:
-# the CUDA tests skipped on CPU, one `fit` + `test` on a tiny folder with
+# the CUDA tests skipped on CPU, one `fit` + `validate` on a tiny folder with
 # `--trainer.accelerator gpu`, and benchmarks/gpu_resnet50.py (synthetic and JPEG batches, with
 # and without `--data.decode_device cuda`, then the compiled variants).
 #
@@ -20,15 +20,27 @@ if [ "${1:-}" = "--fetch-wheels" ]; then
     exec python3 -m pip download --no-deps --only-binary=:all: -d .whl "${WHEELS[@]}"
 fi
 
+stage_checks() {
+    stage cuda-tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts=-ra \
+        tests/test_decode_on_device.py tests/test_decoding_fast.py
+    stage gpu-fit 120 bash -c tiny_fit
+}
+stage_bench() {
+    stage bench 200 "$PYTHON" benchmarks/gpu_resnet50.py --repeats 2 --warmup 10 --steps 30 \
+        --variants plain-fp32 plain-bf16-cl lightning-bf16-cl lightning-bf16-cl-jpeg \
+        lightning-bf16-cl-jpeg-decode-cuda
+}
+stage_compile() {
+    stage compile 240 "$PYTHON" benchmarks/gpu_resnet50.py --repeats 2 --warmup 10 --steps 30 \
+        --variants plain-bf16-cl-compile lightning-bf16-cl-compile
+}
+
 [ $# -gt 0 ] || set -- checks bench compile
 for name in "$@"; do
-    case $name in
-    checks | bench | compile) ;;
-    *)
+    if ! declare -F "stage_$name" >/dev/null; then
         echo "gpu_session.sh: unknown stage '$name' (expected checks, bench or compile)" >&2
         exit 2
-        ;;
-    esac
+    fi
 done
 OUT=${OUT:-/tmp/gpu-session}
 mkdir -p "$OUT"
@@ -78,21 +90,6 @@ write_photo_tree('$data/train', 4, 24); write_photo_tree('$data/val', 4, 6, seed
 export -f tiny_fit
 
 for name in "$@"; do
-    case $name in
-    checks)
-        stage cuda-tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts=-ra \
-            tests/test_decode_on_device.py tests/test_decoding_fast.py
-        stage gpu-fit 120 bash -c tiny_fit
-        ;;
-    bench)
-        stage bench 200 "$PYTHON" benchmarks/gpu_resnet50.py --repeats 2 --warmup 10 --steps 30 \
-            --variants plain-fp32 plain-bf16-cl lightning-bf16-cl lightning-bf16-cl-jpeg \
-            lightning-bf16-cl-jpeg-decode-cuda
-        ;;
-    compile)
-        stage compile 240 "$PYTHON" benchmarks/gpu_resnet50.py --repeats 2 --warmup 10 --steps 30 \
-            --variants plain-bf16-cl-compile lightning-bf16-cl-compile
-        ;;
-    esac
+    "stage_$name"
 done
 cat "$OUT/summary.txt"
